@@ -1,0 +1,41 @@
+"""The failure index: storage and queries. Knows nothing of OTel or Hive."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import semconv
+from ..scrub import Limits
+from .models import Advice, NodeStats, Pattern, Resolution, Stats
+from .store import FailureIndex, FailureIndexError, parse_since
+
+
+def default_location() -> str:
+    """``HIVE_FAILURES_DB``, else ``$HIVE_HOME/failures.db`` (HIVE_HOME defaults to ~/.hive, as Hive's)."""
+    configured = os.environ.get(semconv.ENV_DB)
+    if configured:
+        return configured
+    home = os.environ.get(semconv.ENV_HIVE_HOME) or str(Path.home() / ".hive")
+    return str(Path(home).expanduser() / "failures.db")
+
+
+def open_index(url_or_path: str | os.PathLike[str] | None = None, *, create: bool = True,
+               limits: Limits | None = None) -> FailureIndex:
+    """Open (and create or migrate) a failure index.
+
+    Accepts a path, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``; None means the
+    default location. ``create=False`` refuses to make a new file (readers, the CLI).
+    """
+    location = str(url_or_path) if url_or_path is not None else default_location()
+    if location.startswith(("postgresql://", "postgres://")):
+        raise FailureIndexError("PostgreSQL indexes are not supported by this version; use a SQLite path")
+    if location.startswith("sqlite://"):
+        location = location.removeprefix("sqlite://").removeprefix("/")
+        if not location:
+            raise FailureIndexError("an in-memory SQLite index cannot be shared with a writer thread; give a path")
+    return FailureIndex(location, create=create, limits=limits)
+
+
+__all__ = ["Advice", "FailureIndex", "FailureIndexError", "NodeStats", "Pattern", "Resolution", "Stats",
+           "default_location", "open_index", "parse_since"]
