@@ -196,11 +196,21 @@ def from_attributes(attributes: Mapping[str, Any]) -> FailureRecord:
         if field not in FailureRecord.model_fields:
             continue
         if field in _JSON_FIELDS:
-            value = json.loads(value)
+            value = _loads(field, value)
         elif field in _LIST_FIELDS:
             value = list(value)
         data[field] = value
     return FailureRecord.model_validate(data)
+
+
+def _loads(field: str, text: Any) -> Any:
+    """JSON from an attribute; a value cut by span limits keeps a marker instead of failing."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        if field in ("judge_feedback", "tool_calls"):
+            return []
+        return {"__truncated__": "attribute value was cut by span limits", "preview": str(text)[:1024]}
 
 
 def run_attributes(outcome: RunOutcome) -> dict[str, AttributeValue]:

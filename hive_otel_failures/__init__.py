@@ -1,0 +1,34 @@
+"""Hive failures as OpenTelemetry spans, and a local index the Queen can query.
+
+    import hive_otel_failures as hof
+    handle = hof.instrument()          # OTel provider + failure index + Hive hooks
+    idx = hof.open_index()             # what keeps failing, where, since when
+"""
+
+from __future__ import annotations
+
+from .bootstrap import Handle, configure
+from .index import Advice, FailureIndex, FailureIndexError, Pattern, Resolution, Stats, open_index
+from .processor import FailureIndexProcessor, ProcessorStats
+from .record import FailureKind, FailureRecord, JudgeFeedback, RunOutcome, ToolCallAttempt
+from .spans import record_failure, record_run
+
+
+def instrument(**configure_kwargs: object) -> Handle:
+    """configure() plus the Hive hooks: one call for a Hive program. Safe to call twice."""
+    handle = configure(**configure_kwargs)  # type: ignore[arg-type]
+    if handle.enabled:
+        from .instrumentation import HiveInstrumentor
+
+        instrumentor = HiveInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(tracer_provider=handle.tracer_provider)
+        handle.instrumented = instrumentor.is_instrumented_by_opentelemetry
+    return handle
+
+
+__all__ = [
+    "Advice", "FailureIndex", "FailureIndexError", "FailureIndexProcessor", "FailureKind", "FailureRecord",
+    "Handle", "JudgeFeedback", "Pattern", "ProcessorStats", "Resolution", "RunOutcome", "Stats",
+    "ToolCallAttempt", "configure", "instrument", "open_index", "record_failure", "record_run",
+]

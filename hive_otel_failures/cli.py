@@ -1,0 +1,182 @@
+"""``hive-failures``: the failure index for people (tables) and agents (``--json``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from .index import FailureIndex, FailureIndexError, open_index
+
+app = typer.Typer(help="Query the local index of Hive agent failures.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+Db = Annotated[Optional[str], typer.Option("--db", help="Index path or sqlite:/// URL [default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+Agent = Annotated[Optional[str], typer.Option("--agent", help="Only this agent id.")]
+Since = Annotated[Optional[str], typer.Option("--since", help="Window: 30m, 24h, 7d or an ISO 8601 time.")]
+
+
+@contextmanager
+def _index(db: str | None, *, create: bool = False) -> Iterator[FailureIndex]:
+    try:
+        index = open_index(db, create=create)
+    except FailureIndexError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        yield index
+    except FailureIndexError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        index.close()
+
+
+def _emit_json(value: Any) -> None:
+    if isinstance(value, BaseModel):
+        data = value.model_dump(mode="json")
+    elif isinstance(value, list):
+        data = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+    else:
+        data = value
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _cut(text: str | None, n: int = 70) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@app.command("list")
+def list_failures(db: Db = None, as_json: Json = False, agent: Agent = None,
+                  node: Annotated[Optional[str], typer.Option("--node", help="Only this node id.")] = None,
+                  error_type: Annotated[Optional[str], typer.Option("--error-type", help="Only this error type.")] = None,
+                  session: Annotated[Optional[str], typer.Option("--session", help="Only this session id.")] = None,
+                  since: Since = None, limit: Annotated[int, typer.Option("--limit", min=0)] = 20) -> None:
+    """The most recent failures, newest first."""
+    with _index(db) as index:
+        records = index.recent(agent_id=agent, node_id=node, error_type=error_type, session_id=session,
+                               since=since, limit=limit)
+    if as_json:
+        return _emit_json(records)
+    table = Table(title=f"{len(records)} recent failures", title_justify="left")
+    for column in ("id", "when", "agent", "node", "kind", "error", "attempts", "session"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        table.add_row(r.failure_id[:12], _when(r.timestamp), r.agent_id or "-", r.node_id or "-", str(r.kind),
+                      f"{r.error_type}: {_cut(r.error_message, 60)}", str(r.attempts), r.session_id or "-")
+    out.print(table)
+
+
+@app.command()
+def show(failure_id: Annotated[str, typer.Argument(help="A failure id or a unique prefix (6+ chars).")],
+         db: Db = None, as_json: Json = False) -> None:
+    """One failure in full: error, attempts, judge feedback, context, tool calls, agent snapshot."""
+    with _index(db) as index:
+        record = index.get(failure_id)
+    if record is None:
+        err.print(f"[red]error:[/red] no failure with id {failure_id!r}")
+        raise typer.Exit(1)
+    if as_json:
+        return _emit_json(record)
+    data = record.model_dump(mode="json")
+    table = Table(show_header=False, title=f"failure {record.failure_id}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in data.items():
+        if value in (None, [], {}, ""):
+            continue
+        table.add_row(key, value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False))
+    out.print(table)
+
+
+@app.command()
+def patterns(db: Db = None, as_json: Json = False, agent: Agent = None, since: Since = None,
+             limit: Annotated[int, typer.Option("--limit", min=0)] = 50) -> None:
+    """Failures grouped by fingerprint: what keeps failing, where, since when, what was done."""
+    with _index(db) as index:
+        found = index.patterns(agent_id=agent, since=since, limit=limit)
+    if as_json:
+        return _emit_json(found)
+    table = Table(title=f"{len(found)} failure patterns", title_justify="left")
+    for column in ("fingerprint", "count", "sessions", "agent", "node", "kind", "error", "last seen", "status"):
+        table.add_column(column, overflow="fold")
+    for p in found:
+        status = "transient" if p.transient else "systematic"
+        if p.resolution:
+            status = "recurred after fix" if p.recurred_after_resolution else f"resolved: {_cut(p.resolution, 30)}"
+        table.add_row(p.fingerprint, str(p.count), str(p.sessions), p.agent_id or "-", p.node_id or "-", p.kind,
+                      f"{p.error_type}: {_cut(p.sample_message, 50)}", _when(p.last_seen), status)
+    out.print(table)
+
+
+@app.command()
+def stats(db: Db = None, as_json: Json = False, agent: Agent = None, since: Since = None) -> None:
+    """Runs, failed runs, failure rate and the nodes where failures happen."""
+    with _index(db) as index:
+        result = index.stats(agent_id=agent, since=since)
+    if as_json:
+        return _emit_json(result)
+    rate = f"{result.failure_rate:.1%}" if result.failure_rate is not None else "n/a (no runs recorded)"
+    out.print(f"runs: {result.runs}   failed runs: {result.failed_runs}   failure rate: {rate}")
+    out.print(f"failures: {result.failures} in {result.sessions_with_failures} sessions, {result.patterns} patterns")
+    table = Table(title="by node", title_justify="left")
+    for column in ("node", "failures", "sessions"):
+        table.add_column(column)
+    for n in result.by_node:
+        table.add_row(n.node_id or "-", str(n.failures), str(n.sessions))
+    out.print(table)
+    if result.by_kind:
+        out.print("by kind: " + ", ".join(f"{k}={v}" for k, v in result.by_kind.items()))
+
+
+@app.command()
+def advise(db: Db = None, as_json: Json = False, agent: Agent = None,
+           min_sessions: Annotated[int, typer.Option("--min-sessions", min=1)] = 2) -> None:
+    """Patterns that warrant changing the agent, with the evidence."""
+    with _index(db) as index:
+        found = index.advise(agent_id=agent, min_sessions=min_sessions)
+    if as_json:
+        return _emit_json(found)
+    if not found:
+        out.print("nothing to change: no unresolved systematic pattern recurs across sessions")
+        return
+    for a in found:
+        p = a.pattern
+        share = f" ({a.session_share:.0%} of runs)" if a.session_share is not None else ""
+        out.print(f"[bold]{p.fingerprint}[/bold] {p.agent_id or '-'}/{p.node_id or '-'} {p.kind}{share}")
+        out.print(f"  {p.error_type}: {_cut(p.sample_message, 100)}")
+        out.print(f"  why: {a.reason}; examples: {', '.join(i[:12] for i in a.example_failure_ids)}")
+
+
+@app.command()
+def resolve(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerprint or a unique prefix.")],
+            resolution: Annotated[str, typer.Argument(help="What was done, e.g. 'added input validation'.")],
+            db: Db = None, as_json: Json = False,
+            agent_version: Annotated[Optional[str], typer.Option("--agent-version")] = None,
+            no_evolution: Annotated[bool, typer.Option("--no-evolution", help="Fixed without evolving the agent.")] = False) -> None:
+    """Record what was done about a pattern, so the next look does not start blind."""
+    with _index(db) as index:
+        result = index.resolve(fingerprint, resolution, evolution_triggered=not no_evolution,
+                               agent_version=agent_version)
+    if as_json:
+        return _emit_json(result)
+    out.print(f"resolved {result.fingerprint}: {result.resolution}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,53 @@
+"""Attach failures and run outcomes to OTel spans: the one way records enter a trace."""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
+
+from . import semconv
+from .record import FailureRecord, RunOutcome, prepare, run_attributes, to_attributes
+
+_log = logging.getLogger(__name__)
+_warned = False
+
+
+def record_failure(record: FailureRecord, span: Span | None = None) -> FailureRecord:
+    """Put ``record`` on ``span`` (default: the current span) as a ``hive.failure`` event.
+
+    Also sets status ERROR and ``error.type``. The record is prepared first (scrubbed,
+    capped, fingerprinted) and trace/span ids are filled from the span. Returns the prepared
+    record. Never raises: a problem here is logged once and the caller carries on.
+    """
+    global _warned
+    try:
+        span = span if span is not None else trace.get_current_span()
+        ctx = span.get_span_context()
+        update = {}
+        if ctx.is_valid:
+            if record.trace_id is None:
+                update["trace_id"] = format_trace_id(ctx.trace_id)
+            if record.span_id is None:
+                update["span_id"] = format_span_id(ctx.span_id)
+        prepared = prepare(record.model_copy(update=update) if update else record)
+        span.add_event(semconv.FAILURE_EVENT, to_attributes(prepared),
+                       timestamp=int(prepared.timestamp.timestamp() * 1e9))
+        span.set_attribute(semconv.ERROR_TYPE, prepared.error_type)
+        span.set_status(Status(StatusCode.ERROR, prepared.error_message[:512]))
+        return prepared
+    except Exception:  # noqa: BLE001 - recording a failure must never cause one
+        if not _warned:
+            _warned = True
+            _log.warning("hive-failures: could not record a failure on the span", exc_info=True)
+        return record
+
+
+def record_run(outcome: RunOutcome, span: Span | None = None) -> None:
+    """Mark ``span`` as covering one run, with its outcome, so the index can compute rates."""
+    try:
+        span = span if span is not None else trace.get_current_span()
+        span.set_attributes(run_attributes(outcome))
+    except Exception:  # noqa: BLE001
+        _log.debug("hive-failures: could not record a run outcome", exc_info=True)
