@@ -114,6 +114,7 @@ class FailureIndexProcessor(SpanProcessor):
     # --- writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
         with suppress_instrumentation():
+            self._open()  # early, so readers find the index even before the first failure
             while True:
                 try:
                     first = self._queue.get(timeout=0.1)

@@ -73,8 +73,14 @@ def _valid_utf8(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+_CAP_MARKER = re.compile(r"…\[truncated \d+ of \d+ chars\]$")
+
+
 def _cap_text(text: str, limit: int) -> str:
     if len(text) <= limit:
+        return text
+    marker = _CAP_MARKER.search(text)
+    if marker and marker.start() <= limit:  # already capped: capping is idempotent
         return text
     return f"{text[:limit]}…[truncated {len(text) - limit} of {len(text)} chars]"
 

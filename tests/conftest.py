@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from hive_otel_failures import FailureIndexProcessor, open_index
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing a test does may touch ~/.hive or an index set in the caller's environment."""
+    monkeypatch.setenv("HIVE_HOME", str(tmp_path / "hive_home"))
+    monkeypatch.delenv("HIVE_FAILURES_DB", raising=False)
+    monkeypatch.delenv("HIVE_FAILURES_EXPORT_CONTENT", raising=False)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "failures.db"
+
+
+class Pipeline:
+    """A real SDK TracerProvider with an in-memory exporter and the index processor."""
+
+    def __init__(self, db_path: Path, **processor_kwargs: object) -> None:
+        self.db_path = db_path
+        self.exporter = InMemorySpanExporter()
+        self.processor = FailureIndexProcessor(str(db_path), **processor_kwargs)  # type: ignore[arg-type]
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.provider.add_span_processor(self.processor)
+        self.tracer = self.provider.get_tracer("tests")
+
+    def flush(self) -> None:
+        assert self.processor.force_flush(10_000), "the writer did not drain in time"
+
+    def index(self):
+        return open_index(self.db_path, create=False)
+
+
+@pytest.fixture
+def pipeline(db_path: Path):
+    p = Pipeline(db_path)
+    yield p
+    p.provider.shutdown()
+
+
+def db_bytes(path: Path) -> bytes:
+    """Every byte SQLite keeps for this database (main file, WAL, shared memory)."""
+    data = b""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        f = Path(str(path) + suffix)
+        if f.exists():
+            data += f.read_bytes()
+    return data
+
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HIVE_NO_FILE_LOG", "1")

@@ -1,0 +1,166 @@
+"""The SQLite failure index: schema, migrations, queries, resolutions and advice."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+import hive_otel_failures as hof
+from hive_otel_failures.index.schema import LATEST_VERSION, MIGRATIONS
+
+
+def failure(i: int, **kw) -> hof.FailureRecord:
+    base = dict(agent_id="report-agent", node_id="parse", session_id=f"s{i}", error_type="builtins.ValueError",
+                error_message=f"could not parse row {i}")
+    base.update(kw)
+    return hof.FailureRecord(**base)
+
+
+def test_file_mode_wal_and_schema_version(db_path: Path) -> None:
+    with hof.open_index(db_path) as index:
+        assert index.schema_version == LATEST_VERSION
+        mode = index._conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
+
+
+def test_default_location_env_and_hive_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with hof.open_index() as index:
+        assert index.path == tmp_path / "hive_home" / "failures.db"
+    monkeypatch.setenv("HIVE_FAILURES_DB", f"sqlite:///{tmp_path}/env.db")
+    with hof.open_index() as index:
+        assert index.path == tmp_path / "env.db"
+
+
+def test_older_schema_is_migrated_without_losing_rows(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO failures (failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, "
+        "attempts, judge_feedback, constraints_violated, criteria_unmet, tool_calls, fingerprint, transient) "
+        "VALUES ('old1', 's-old', 'a', 'n', 1700000000.0, 'exception', 'E', 'old failure', 2, '[]', '[]', '[]', "
+        "'[]', 'v1:old', 0)")
+    conn.execute("INSERT INTO patterns VALUES ('v1:old', 'a', 'n', 'E', 'exception', 'old failure', 0, 1, 1, "
+                 "1700000000.0, 1700000000.0)")
+    conn.commit()
+    conn.close()
+    with hof.open_index(db_path) as index:
+        assert index.schema_version == LATEST_VERSION
+        old = index.get("old1")
+        assert old is not None and old.error_message == "old failure" and old.attempts == 2
+        assert [p.fingerprint for p in index.patterns()] == ["v1:old"]
+        index.add([failure(1)], [hof.RunOutcome(session_id="s1", agent_id="report-agent", success=False)])
+        assert index.stats().runs == 1 and len(index.recent()) == 2
+
+
+def test_newer_schema_is_refused_clearly(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    conn.close()
+    with pytest.raises(hof.FailureIndexError, match="newer"):
+        hof.open_index(db_path)
+
+
+def test_missing_and_corrupt_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(hof.FailureIndexError, match="no failure index"):
+        hof.open_index(tmp_path / "missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(hof.FailureIndexError, match="not a usable failure index"):
+        hof.open_index(corrupt)
+    with pytest.raises(hof.FailureIndexError, match="PostgreSQL"):
+        hof.open_index("postgresql://localhost/x")
+
+
+def test_patterns_group_count_sessions_and_window(db_path: Path) -> None:
+    old = datetime.now(timezone.utc) - timedelta(days=10)
+    with hof.open_index(db_path) as index:
+        index.add([failure(i) for i in range(3)] + [failure(0, failure_id="again")])  # s0 twice
+        index.add([failure(9, timestamp=old)])
+        index.add([failure(5, node_id="render", error_type="builtins.KeyError", error_message="'title'")])
+        top, other = index.patterns()
+        assert (top.count, top.sessions, top.node_id) == (5, 4, "parse")
+        assert (other.count, other.sessions) == (1, 1)
+        recent_top = index.patterns(since="7d")[0]
+        assert (recent_top.count, recent_top.sessions) == (4, 3)
+        assert index.patterns(agent_id="nobody") == []
+
+
+def test_the_same_failure_delivered_twice_is_stored_once(db_path: Path) -> None:
+    record = failure(1)
+    with hof.open_index(db_path) as index:
+        assert index.add([record, record]) == 1
+        assert index.add([record]) == 0
+        assert index.patterns()[0].count == 1
+
+
+def test_recent_filters_are_parameterised(db_path: Path) -> None:
+    with hof.open_index(db_path) as index:
+        index.add([failure(1), failure(2, node_id="render"), failure(3, agent_id="other")])
+        assert [r.session_id for r in index.recent(node_id="render")] == ["s2"]
+        assert [r.session_id for r in index.recent(agent_id="other")] == ["s3"]
+        assert [r.session_id for r in index.recent(session_id="s1")] == ["s1"]
+        assert index.recent(node_id="x' OR '1'='1") == []
+        assert len(index.recent(error_type="builtins.ValueError", limit=2)) == 2
+        with pytest.raises(hof.FailureIndexError, match="since"):
+            index.recent(since="yesterday-ish")
+
+
+def test_snapshots_are_content_addressed_and_stored_once(db_path: Path) -> None:
+    graph = {"id": "report-agent", "nodes": [{"id": "parse", "system_prompt": "p" * 2000}]}
+    with hof.open_index(db_path) as index:
+        index.add([failure(i, graph_snapshot=graph, input_context={"row": i}) for i in range(20)])
+        blobs = index._conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
+        assert blobs == 1 + 20  # one graph snapshot, twenty distinct contexts
+        assert index.recent(limit=1)[0].graph_snapshot == graph
+
+
+def test_get_by_prefix(db_path: Path) -> None:
+    with hof.open_index(db_path) as index:
+        index.add([failure(1, failure_id="abcdef0123"), failure(2, failure_id="abcdef9999")])
+        assert index.get("abcdef0123").session_id == "s1"
+        assert index.get("abcdef01").session_id == "s1"
+        assert index.get("nothere") is None
+        with pytest.raises(hof.FailureIndexError, match="ambiguous"):
+            index.get("abcdef")
+
+
+def test_stats_by_node_and_kind(db_path: Path) -> None:
+    with hof.open_index(db_path) as index:
+        index.add([failure(1), failure(2), failure(3, node_id="render", kind="stalled")],
+                  [hof.RunOutcome(session_id=f"s{i}", agent_id="report-agent", success=i > 3) for i in range(1, 11)])
+        stats = index.stats(agent_id="report-agent")
+    assert (stats.runs, stats.failed_runs, stats.failures, stats.patterns) == (10, 3, 3, 2)
+    assert stats.failure_rate == pytest.approx(0.3)
+    assert [(n.node_id, n.failures) for n in stats.by_node] == [("parse", 2), ("render", 1)]
+    assert stats.by_kind == {"exception": 2, "stalled": 1}
+
+
+def test_resolve_history_and_advice(db_path: Path) -> None:
+    with hof.open_index(db_path) as index:
+        index.add([failure(i) for i in range(3)] + [failure(7, error_type="litellm.RateLimitError",
+                                                            error_message="rate limit", session_id=f"t{i}")
+                                                    for i in range(3)],
+                  [hof.RunOutcome(session_id=f"s{i}", agent_id="report-agent", success=False) for i in range(3)]
+                  + [hof.RunOutcome(session_id=f"ok{i}", agent_id="report-agent", success=True) for i in range(3)])
+        (advice,) = index.advise()  # the transient pattern is not advice
+        assert advice.pattern.node_id == "parse" and advice.session_share == pytest.approx(0.5)
+        assert len(advice.example_failure_ids) == 3
+        fp = advice.pattern.fingerprint
+        resolution = index.resolve(fp[:8], "validate rows before parsing", agent_version="v2")
+        assert resolution.fingerprint == fp
+        assert index.advise() == []
+        assert index.get(advice.example_failure_ids[0]).resolution == "validate rows before parsing"
+        index.add([failure(i) for i in range(10, 12)])  # it comes back
+        (again,) = index.advise()
+        assert again.pattern.recurred_after_resolution and "did not hold" in again.reason
+        assert [r.agent_version for r in index.resolutions(fp)] == ["v2"]
+        with pytest.raises(hof.FailureIndexError):
+            index.resolve("v9:nothing", "x")

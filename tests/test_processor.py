@@ -1,0 +1,137 @@
+"""FailureIndexProcessor on a real TracerProvider and a real SQLite file."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import hive_otel_failures as hof
+
+from .conftest import Pipeline
+
+
+def test_thousand_spans_hundred_failures_exactly_hundred_rows(pipeline: Pipeline) -> None:
+    for i in range(1000):
+        with pipeline.tracer.start_as_current_span(f"span-{i}") as span:
+            span.set_attribute("i", i)
+            span.add_event("ordinary event")
+            if i % 10 == 0:
+                hof.record_failure(hof.FailureRecord(agent_id="a", node_id=f"n{i % 3}", session_id=f"s{i}",
+                                                     error_type="builtins.ValueError", error_message=f"bad {i}"))
+    pipeline.flush()
+    assert pipeline.processor.stats().written == 100
+    with pipeline.index() as index:
+        rows = index.recent(limit=10_000)
+        assert len(rows) == 100
+        assert {int(r.session_id[1:]) for r in rows} == set(range(0, 1000, 10))
+        assert index.stats().runs == 0  # plain spans wrote nothing, not even runs
+    assert len(pipeline.exporter.get_finished_spans()) == 1000
+
+
+def test_spans_without_failures_write_nothing(pipeline: Pipeline) -> None:
+    for i in range(50):
+        with pipeline.tracer.start_as_current_span("plain"):
+            pass
+    pipeline.flush()
+    stats = pipeline.processor.stats()
+    assert stats.written == stats.runs_written == 0
+    with pipeline.index() as index:
+        assert index.recent() == [] and index.patterns() == []
+
+
+def test_run_outcomes_become_rows_and_rates(pipeline: Pipeline) -> None:
+    for i in range(4):
+        with pipeline.tracer.start_as_current_span("run") as span:
+            failed = i == 0
+            if failed:
+                hof.record_failure(hof.FailureRecord(agent_id="a", session_id="s0", error_message="x"))
+            hof.record_run(hof.RunOutcome(session_id=f"s{i}", agent_id="a", success=not failed, quality="degraded",
+                                          failures=int(failed)))
+    pipeline.flush()
+    with pipeline.index() as index:
+        stats = index.stats(agent_id="a")
+    assert (stats.runs, stats.failed_runs, stats.failure_rate) == (4, 1, 0.25)
+
+
+def test_trace_and_span_ids_come_from_the_span(pipeline: Pipeline) -> None:
+    with pipeline.tracer.start_as_current_span("node") as span:
+        span.add_event("hive.failure", {"hive.failure.error_message": "raw event from another producer",
+                                        "hive.failure.agent_id": "a"})
+        ctx = span.get_span_context()
+    pipeline.flush()
+    with pipeline.index() as index:
+        (record,) = index.recent()
+    assert record.trace_id == f"{ctx.trace_id:032x}" and record.span_id == f"{ctx.span_id:016x}"
+    assert record.fingerprint and record.fingerprint.startswith("v1:")  # prepared on the writer side too
+
+
+def test_full_queue_drops_counted_instead_of_blocking(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    p = Pipeline(db_path, max_queue_size=5)
+    gate = threading.Event()
+    original = p.processor._write  # hold the writer so the queue fills up
+
+    def held_write(batch):
+        gate.wait(10)
+        original(batch)
+
+    p.processor._write = held_write  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="hive_otel_failures.processor"):
+        t0 = time.monotonic()
+        for i in range(50):
+            with p.tracer.start_as_current_span("f"):
+                hof.record_failure(hof.FailureRecord(session_id=f"s{i}", error_message="x"))
+        elapsed = time.monotonic() - t0
+    stats = p.processor.stats()
+    assert stats.dropped >= 50 - 5 - 1  # queue (5) + at most one batch held by the writer
+    assert elapsed < 5, "on_end blocked on a full queue"
+    assert sum("dropping failure records" in r.getMessage() for r in caplog.records) == 1  # logged once
+    gate.set()
+    p.flush()
+    accepted = 50 - stats.dropped
+    assert p.processor.stats().written == accepted
+    p.provider.shutdown()
+    with hof.open_index(db_path) as index:
+        assert len(index.recent(limit=100)) == accepted
+
+
+def test_shutdown_with_a_full_queue_returns_in_bound_and_keeps_what_was_accepted(db_path: Path) -> None:
+    p = Pipeline(db_path, max_queue_size=2000)
+    for i in range(2000):
+        with p.tracer.start_as_current_span("f"):
+            hof.record_failure(hof.FailureRecord(session_id=f"s{i}", error_message=f"x {i}"))
+    accepted = 2000 - p.processor.stats().dropped
+    t0 = time.monotonic()
+    p.processor.shutdown(timeout_millis=20_000)
+    assert time.monotonic() - t0 < 20
+    with hof.open_index(db_path) as index:
+        assert len(index.recent(limit=5000)) == accepted
+    with p.tracer.start_as_current_span("after shutdown"):
+        hof.record_failure(hof.FailureRecord(error_message="late"))  # does not raise
+    assert p.processor.stats().dropped == 2000 - accepted + 1
+
+
+def test_unwritable_index_never_raises_into_the_caller(tmp_path: Path) -> None:
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where a directory should be")
+    p = Pipeline(blocker / "failures.db")
+    with p.tracer.start_as_current_span("f"):
+        hof.record_failure(hof.FailureRecord(error_message="x"))
+    p.flush()
+    stats = p.processor.stats()
+    assert stats.written == 0 and stats.errors == 1
+    p.provider.shutdown()
+
+
+def test_a_malformed_failure_event_is_counted_and_the_rest_of_the_batch_kept(pipeline: Pipeline) -> None:
+    with pipeline.tracer.start_as_current_span("bad"):
+        from opentelemetry import trace
+        trace.get_current_span().add_event("hive.failure", {"hive.failure.attempts": "not a number"})
+    with pipeline.tracer.start_as_current_span("good"):
+        hof.record_failure(hof.FailureRecord(error_message="fine"))
+    pipeline.flush()
+    stats = pipeline.processor.stats()
+    assert stats.errors == 1 and stats.written == 1

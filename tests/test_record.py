@@ -1,0 +1,119 @@
+"""FailureRecord <-> hive.failure span-event attributes, through a real SDK span."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+import hive_otel_failures as hof
+from hive_otel_failures import semconv
+from hive_otel_failures.record import from_attributes, prepare, to_attributes
+
+text = st.text(max_size=40)
+opt_text = st.none() | text
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False, allow_infinity=False) | text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(text, children, max_size=4),
+    max_leaves=12,
+)
+records = st.builds(
+    hof.FailureRecord,
+    failure_id=st.uuids().map(lambda u: u.hex),
+    session_id=opt_text, agent_id=opt_text, node_id=opt_text,
+    timestamp=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
+                           timezones=st.just(timezone.utc)),
+    kind=st.sampled_from(list(hof.FailureKind)),
+    error_type=text, error_message=text, traceback=opt_text,
+    attempts=st.integers(0, 50),
+    judge_feedback=st.lists(st.builds(hof.JudgeFeedback, attempt=st.integers(0, 9),
+                                      action=st.sampled_from(["ACCEPT", "RETRY", "ESCALATE"]),
+                                      feedback=text, judge_type=opt_text), max_size=3),
+    input_context=json_values, memory_snapshot=json_values, graph_snapshot=json_values,
+    constraints_violated=st.lists(text, max_size=3), criteria_unmet=st.lists(text, max_size=3),
+    tool_calls=st.lists(st.builds(hof.ToolCallAttempt, tool_name=text, arguments=json_values, result=opt_text,
+                                  is_error=st.booleans()), max_size=3),
+    trace_id=opt_text, span_id=opt_text, agent_version=opt_text, fingerprint=opt_text,
+    transient=st.none() | st.booleans(), evolution_triggered=st.booleans(), resolution=opt_text,
+)
+
+
+def _through_a_span(attributes: dict) -> dict:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span("s") as span:
+        span.add_event(semconv.FAILURE_EVENT, attributes)
+    (finished,) = exporter.get_finished_spans()
+    (event,) = finished.events
+    return dict(event.attributes)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(records)
+def test_every_field_round_trips_through_span_event_attributes(record: hof.FailureRecord) -> None:
+    assert from_attributes(_through_a_span(to_attributes(record))) == record
+
+
+def test_every_model_field_has_an_attribute() -> None:
+    record = hof.FailureRecord(
+        session_id="s", agent_id="a", node_id="n", error_type="E", error_message="m", traceback="tb", attempts=3,
+        judge_feedback=[hof.JudgeFeedback(attempt=1, action="RETRY", feedback="f", judge_type="llm")],
+        input_context={"k": 1}, memory_snapshot={"m": [1]}, graph_snapshot={"nodes": []},
+        constraints_violated=["c1"], criteria_unmet=["sc1"],
+        tool_calls=[hof.ToolCallAttempt(tool_name="t", arguments={"q": 1}, result="r", is_error=True)],
+        trace_id="t" * 32, span_id="s" * 16, agent_version="v1", fingerprint="fp", transient=True,
+        evolution_triggered=True, resolution="fixed",
+    )
+    keys = set(to_attributes(record))
+    assert keys == {semconv.FAILURE_PREFIX + f for f in hof.FailureRecord.model_fields}
+
+
+def test_attribute_cut_by_span_limits_keeps_a_marker_instead_of_failing() -> None:
+    attrs = to_attributes(hof.FailureRecord(input_context={"a": "x" * 100}, tool_calls=[
+        hof.ToolCallAttempt(tool_name="t", arguments={"q": 1})]))
+    attrs[semconv.FAILURE_PREFIX + "input_context"] = attrs[semconv.FAILURE_PREFIX + "input_context"][:20]
+    attrs[semconv.FAILURE_PREFIX + "tool_calls"] = attrs[semconv.FAILURE_PREFIX + "tool_calls"][:10]
+    record = from_attributes(attrs)
+    assert record.input_context["__truncated__"]
+    assert record.tool_calls == []
+
+
+def test_record_failure_sets_event_status_and_error_type_on_current_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span("node") as span:
+        prepared = hof.record_failure(hof.FailureRecord(agent_id="a", node_id="n", error_type="builtins.ValueError",
+                                                        error_message="bad value 42"))
+        ctx = span.get_span_context()
+    (finished,) = exporter.get_finished_spans()
+    assert finished.status.status_code is StatusCode.ERROR
+    assert finished.attributes[semconv.ERROR_TYPE] == "builtins.ValueError"
+    (event,) = finished.events
+    assert event.name == semconv.FAILURE_EVENT
+    stored = from_attributes(event.attributes)
+    assert stored == prepared
+    assert stored.trace_id == f"{ctx.trace_id:032x}" and stored.span_id == f"{ctx.span_id:016x}"
+    assert stored.fingerprint and stored.fingerprint.startswith("v1:")
+    assert stored.transient is False
+
+
+def test_record_failure_never_raises_and_returns_input_on_a_broken_span() -> None:
+    class BrokenSpan:
+        def get_span_context(self):
+            raise RuntimeError("boom")
+
+    record = hof.FailureRecord(error_message="x")
+    assert hof.record_failure(record, span=BrokenSpan()) is record  # type: ignore[arg-type]
+
+
+def test_prepare_is_idempotent() -> None:
+    record = hof.FailureRecord(error_message="token=abcdef123456 at /tmp/x", input_context={"api_key": "k" * 20})
+    once = prepare(record)
+    assert prepare(once) == once
