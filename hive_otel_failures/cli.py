@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -17,7 +18,8 @@ from .index import FailureIndex, FailureIndexError, open_index
 
 app = typer.Typer(help="Query the local index of Hive agent failures.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-out = Console(soft_wrap=True)
+# Piped output gets a 140-column page rather than rich's 80, so tables stay readable in logs.
+out = Console(width=shutil.get_terminal_size(fallback=(140, 24)).columns)
 err = Console(stderr=True)
 
 Db = Annotated[Optional[str], typer.Option("--db", help="Index path or sqlite:/// URL [default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")]
@@ -52,8 +54,19 @@ def _emit_json(value: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _table(title: str, *columns: str, wide: str = "error") -> Table:
+    """Ids, counts and times never wrap; the one wide text column takes what room is left."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        if column == wide:
+            table.add_column(column, overflow="fold", ratio=1, min_width=20)
+        else:
+            table.add_column(column, no_wrap=True)
+    return table
+
+
 def _when(value: datetime | None) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+    return value.astimezone().strftime("%m-%d %H:%M:%S") if value else "-"
 
 
 def _cut(text: str | None, n: int = 70) -> str:
@@ -73,12 +86,10 @@ def list_failures(db: Db = None, as_json: Json = False, agent: Agent = None,
                                since=since, limit=limit)
     if as_json:
         return _emit_json(records)
-    table = Table(title=f"{len(records)} recent failures", title_justify="left")
-    for column in ("id", "when", "agent", "node", "kind", "error", "attempts", "session"):
-        table.add_column(column, overflow="fold")
+    table = _table(f"{len(records)} recent failures", "id", "when", "agent", "node", "kind", "attempts", "error")
     for r in records:
         table.add_row(r.failure_id[:12], _when(r.timestamp), r.agent_id or "-", r.node_id or "-", str(r.kind),
-                      f"{r.error_type}: {_cut(r.error_message, 60)}", str(r.attempts), r.session_id or "-")
+                      str(r.attempts), f"{r.error_type}: {_cut(r.error_message, 80)}")
     out.print(table)
 
 
@@ -112,15 +123,14 @@ def patterns(db: Db = None, as_json: Json = False, agent: Agent = None, since: S
         found = index.patterns(agent_id=agent, since=since, limit=limit)
     if as_json:
         return _emit_json(found)
-    table = Table(title=f"{len(found)} failure patterns", title_justify="left")
-    for column in ("fingerprint", "count", "sessions", "agent", "node", "kind", "error", "last seen", "status"):
-        table.add_column(column, overflow="fold")
+    table = _table(f"{len(found)} failure patterns", "fingerprint", "count", "sessions", "agent/node", "kind",
+                   "status", "last seen", "error")
     for p in found:
         status = "transient" if p.transient else "systematic"
         if p.resolution:
             status = "recurred after fix" if p.recurred_after_resolution else f"resolved: {_cut(p.resolution, 30)}"
-        table.add_row(p.fingerprint, str(p.count), str(p.sessions), p.agent_id or "-", p.node_id or "-", p.kind,
-                      f"{p.error_type}: {_cut(p.sample_message, 50)}", _when(p.last_seen), status)
+        table.add_row(p.fingerprint, str(p.count), str(p.sessions), f"{p.agent_id or '-'}/{p.node_id or '-'}", p.kind,
+                      status, _when(p.last_seen), f"{p.error_type}: {_cut(p.sample_message, 80)}")
     out.print(table)
 
 
@@ -134,9 +144,7 @@ def stats(db: Db = None, as_json: Json = False, agent: Agent = None, since: Sinc
     rate = f"{result.failure_rate:.1%}" if result.failure_rate is not None else "n/a (no runs recorded)"
     out.print(f"runs: {result.runs}   failed runs: {result.failed_runs}   failure rate: {rate}")
     out.print(f"failures: {result.failures} in {result.sessions_with_failures} sessions, {result.patterns} patterns")
-    table = Table(title="by node", title_justify="left")
-    for column in ("node", "failures", "sessions"):
-        table.add_column(column)
+    table = _table("by node", "node", "failures", "sessions")
     for n in result.by_node:
         table.add_row(n.node_id or "-", str(n.failures), str(n.sessions))
     out.print(table)
