@@ -1,7 +1,7 @@
 """FailureIndexProcessor: failure spans in, index rows out, never on the application's time.
 
 ``on_end`` runs on the thread that ended the span (inside Hive's agent loop). It only looks
-for a ``hive.failure`` event or run-outcome attributes and enqueues; a writer thread turns
+for ``hive.failure`` / ``hive.run`` events and enqueues; a writer thread turns
 attributes into records and writes them in batched transactions. The queue is bounded: when
 it is full a record is dropped and counted rather than blocking the agent.
 """
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -24,15 +25,14 @@ from opentelemetry.trace import format_span_id, format_trace_id
 
 from . import semconv
 from .index import FailureIndex, open_index
-from .record import FailureRecord, RunOutcome, from_attributes, run_from_attributes
+from .record import RunOutcome, from_attributes, prepare, run_from_attributes, to_attributes
 
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Item:
-    failures: tuple[tuple[dict[str, Any], int], ...]  # (event attributes, event time ns)
-    run: dict[str, Any] | None
+class _Item(NamedTuple):
+    failures: tuple[tuple[Mapping[str, Any], int], ...]  # (event attributes, event time ns)
+    run: Mapping[str, Any] | None  # the hive.run event's attributes
     trace_id: int
     span_id: int
     start_ns: int
@@ -58,18 +58,22 @@ class FailureIndexProcessor(SpanProcessor):
     """Writes every span carrying a ``hive.failure`` event (and every run outcome) to the index."""
 
     def __init__(self, index: FailureIndex | str | os.PathLike[str] | None = None, *,
-                 max_queue_size: int | None = None, max_batch_size: int = 512) -> None:
-        size = max_queue_size or int(os.environ.get(semconv.ENV_QUEUE_SIZE, "10000"))
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max(1, size))
+                 max_queue_size: int | None = None, max_batch_size: int = 512,
+                 schedule_delay_millis: int = 200) -> None:
+        self._max_queue = max(1, max_queue_size or int(os.environ.get(semconv.ENV_QUEUE_SIZE, "10000")))
         self._max_batch = max(1, max_batch_size)
+        self._delay = max(0.001, schedule_delay_millis / 1000)
+        # deque append/popleft are atomic under the GIL: no lock on the application's path.
+        self._queue: deque[_Item] = deque()
         self._index: FailureIndex | None = index if isinstance(index, FailureIndex) else None
         self._owns_index = self._index is None
         self._location = None if isinstance(index, FailureIndex) else index
-        self._cond = threading.Condition()
-        self._pending = 0
+        self._cond = threading.Condition()  # writer -> force_flush: "a batch is done"
+        self._busy = False
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._written = self._runs_written = self._dropped = self._errors = 0
         self._warned: set[str] = set()
-        self._stopping = threading.Event()
         self._writer = threading.Thread(target=self._run, name="hive-failures-writer", daemon=True)
         self._writer.start()
 
@@ -79,27 +83,24 @@ class FailureIndexProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         events = span.events
-        attributes = span.attributes
-        is_run = attributes is not None and semconv.RUN_OUTCOME in attributes
-        if not events and not is_run:
+        if not events:  # the common case: one tuple, nothing else
             return
-        failures = tuple((dict(e.attributes or {}), e.timestamp) for e in events if e.name == semconv.FAILURE_EVENT)
-        if not failures and not is_run:
+        failures = tuple((e.attributes, e.timestamp) for e in events if e.name == semconv.FAILURE_EVENT)
+        run = next((e.attributes for e in events if e.name == semconv.RUN_EVENT), None)
+        if not failures and run is None:
             return
         if self._stopping.is_set():
             self._count_drop("the processor is shut down")
             return
-        ctx = span.context
-        item = _Item(failures, dict(attributes) if is_run else None, ctx.trace_id if ctx else 0,
-                     ctx.span_id if ctx else 0, span.start_time or 0, span.end_time or 0)
-        with self._cond:
-            self._pending += 1
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            with self._cond:
-                self._pending -= 1
+        if len(self._queue) >= self._max_queue:
             self._count_drop("the queue is full")
+            return
+        # Event attributes are immutable in the SDK: keep references, copy nothing here.
+        ctx = span.context
+        self._queue.append(_Item(failures, run, ctx.trace_id if ctx else 0, ctx.span_id if ctx else 0,
+                                 span.start_time or 0, span.end_time or 0))
+        if len(self._queue) >= self._max_batch and not self._wake.is_set():
+            self._wake.set()
 
     def _count_drop(self, why: str) -> None:
         with self._cond:
@@ -116,22 +117,18 @@ class FailureIndexProcessor(SpanProcessor):
         with suppress_instrumentation():
             self._open()  # early, so readers find the index even before the first failure
             while True:
-                try:
-                    first = self._queue.get(timeout=0.1)
-                except queue.Empty:
-                    if self._stopping.is_set():
-                        break
-                    continue
-                batch = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                self._write(batch)
-                with self._cond:
-                    self._pending -= len(batch)
-                    self._cond.notify_all()
+                # Wake per batch or per delay, not per record: fewer GIL hand-offs with the app.
+                self._wake.wait(self._delay)
+                self._wake.clear()
+                while self._queue:
+                    self._busy = True
+                    batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+                    self._write(batch)
+                    with self._cond:
+                        self._busy = False
+                        self._cond.notify_all()
+                if self._stopping.is_set() and not self._queue:
+                    break
         if self._owns_index and self._index is not None:
             self._index.close()
 
@@ -145,11 +142,11 @@ class FailureIndexProcessor(SpanProcessor):
         return self._index
 
     def _write(self, batch: list[_Item]) -> None:
-        failures: list[FailureRecord] = []
+        failures: list[Mapping[str, Any]] = []
         runs: list[RunOutcome] = []
         for item in batch:
             try:
-                failures += [self._record(attrs, ns, item) for attrs, ns in item.failures]
+                failures += [self._wire(attrs, ns, item) for attrs, ns in item.failures]
                 if item.run is not None:
                     runs.append(run_from_attributes(item.run, _dt(item.start_ns), _dt(item.end_ns)))
             except Exception as exc:  # noqa: BLE001 - one malformed span must not lose the batch
@@ -160,25 +157,35 @@ class FailureIndexProcessor(SpanProcessor):
                 self._errors += len(failures) + len(runs)
             return
         try:
-            index.add(failures, runs)
-        except Exception as exc:  # noqa: BLE001
-            self._error("batch write failed, retrying one by one", exc)
-            failures_ok = runs_ok = 0
-            for record in failures:
-                failures_ok += self._try_add(index, [record], [])
-            for run in runs:
-                runs_ok += self._try_add(index, [], [run])
-            with self._cond:
-                self._written += failures_ok
-                self._runs_written += runs_ok
-            return
+            index.add_prepared(failures, runs)
+            written, runs_written = len(failures), len(runs)
+        except Exception as exc:  # noqa: BLE001 - find the bad entry, keep the others
+            self._warn_once("batch", "hive-failures: batch write failed, retrying one by one: %r", exc)
+            written = sum(self._try_add(index, [f], []) for f in failures)
+            runs_written = sum(self._try_add(index, [], [r]) for r in runs)
         with self._cond:
-            self._written += len(failures)
-            self._runs_written += len(runs)
+            self._written += written
+            self._runs_written += runs_written
 
-    def _try_add(self, index: FailureIndex, failures: list[FailureRecord], runs: list[RunOutcome]) -> int:
+    @staticmethod
+    def _wire(attributes: Mapping[str, Any], timestamp_ns: int, item: _Item) -> Mapping[str, Any]:
+        """Prepared attributes for the index; events not made by record_failure are prepared here."""
+        attributes = dict(attributes)  # one pass over the SDK's mapping, then plain dict lookups
+        if attributes.get(semconv.FAILURE_PREPARED) is True:
+            return attributes
+        record = from_attributes(attributes)
+        update: dict[str, Any] = {}
+        if record.trace_id is None and item.trace_id:
+            update["trace_id"] = format_trace_id(item.trace_id)
+        if record.span_id is None and item.span_id:
+            update["span_id"] = format_span_id(item.span_id)
+        if semconv.FAILURE_PREFIX + "timestamp" not in attributes and timestamp_ns:
+            update["timestamp"] = _dt(timestamp_ns)
+        return to_attributes(prepare(record.model_copy(update=update)))
+
+    def _try_add(self, index: FailureIndex, failures: list[Mapping[str, Any]], runs: list[RunOutcome]) -> int:
         try:
-            index.add(failures, runs)
+            index.add_prepared(failures, runs)
             return 1
         except Exception as exc:  # noqa: BLE001
             self._error("record write failed", exc)
@@ -189,33 +196,23 @@ class FailureIndexProcessor(SpanProcessor):
             self._errors += 1
         self._warn_once(what, "hive-failures: %s: %r", what, exc)
 
-    @staticmethod
-    def _record(attributes: dict[str, Any], timestamp_ns: int, item: _Item) -> FailureRecord:
-        record = from_attributes(attributes)
-        update: dict[str, Any] = {}
-        if record.trace_id is None and item.trace_id:
-            update["trace_id"] = format_trace_id(item.trace_id)
-        if record.span_id is None and item.span_id:
-            update["span_id"] = format_span_id(item.span_id)
-        if semconv.FAILURE_PREFIX + "timestamp" not in attributes and timestamp_ns:
-            update["timestamp"] = _dt(timestamp_ns)
-        return record.model_copy(update=update) if update else record
-
     # --- lifecycle -------------------------------------------------------------------------
     def stats(self) -> ProcessorStats:
         with self._cond:
-            return ProcessorStats(queued=self._pending, written=self._written, runs_written=self._runs_written,
-                                  dropped=self._dropped, errors=self._errors)
+            return ProcessorStats(queued=len(self._queue) + self._busy, written=self._written,
+                                  runs_written=self._runs_written, dropped=self._dropped, errors=self._errors)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Wait until every accepted record is written (or failed); False on timeout."""
         deadline = time.monotonic() + timeout_millis / 1000
+        self._wake.set()
         with self._cond:
-            while self._pending > 0:
+            while self._queue or self._busy:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._writer.is_alive():
-                    return self._pending == 0
-                self._cond.wait(remaining)
+                    return False
+                self._cond.wait(min(remaining, self._delay))
+                self._wake.set()
         return True
 
     def shutdown(self, timeout_millis: int = 30000) -> None:
@@ -223,7 +220,8 @@ class FailureIndexProcessor(SpanProcessor):
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self._wake.set()
         self._writer.join(timeout_millis / 1000)
         if self._writer.is_alive():
             self._warn_once("shutdown", "hive-failures: shutdown timed out with %d records unwritten",
-                            self.stats().queued)
+                            len(self._queue))

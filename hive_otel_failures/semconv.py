@@ -41,7 +41,9 @@ HIVE_STREAM_ID = "hive.stream.id"
 HIVE_WORKER_STATUS = "hive.worker.status"
 HIVE_EXIT_REASON = "hive.exit_reason"
 
-# Run outcome: set on the span that covers one run (session), read by the index processor.
+# Run outcome: a "hive.run" event on the span that covers one run (session), read by the index
+# processor; the outcome is mirrored as a span attribute so trace backends can search for it.
+RUN_EVENT = "hive.run"
 RUN_OUTCOME = "hive.run.outcome"  # "success" | "failure"
 RUN_SESSION_ID = "hive.run.session_id"
 RUN_AGENT_ID = "hive.run.agent_id"
@@ -60,6 +62,9 @@ EVENT_REASON = "hive.reason"
 # --- The failure event --------------------------------------------------------------------
 FAILURE_EVENT = "hive.failure"
 FAILURE_PREFIX = "hive.failure."
+# Set by record_failure on events whose record was already scrubbed and fingerprinted, so the
+# index writer can store the attributes as they are instead of preparing them a second time.
+FAILURE_PREPARED = "hive.failure.prepared"
 
 # Attributes that carry user content (prompts, tool arguments, context, snapshots). They stay
 # in the local index and leave the machine only when HIVE_FAILURES_EXPORT_CONTENT=true.

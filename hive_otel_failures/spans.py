@@ -32,8 +32,9 @@ def record_failure(record: FailureRecord, span: Span | None = None) -> FailureRe
             if record.span_id is None:
                 update["span_id"] = format_span_id(ctx.span_id)
         prepared = prepare(record.model_copy(update=update) if update else record)
-        span.add_event(semconv.FAILURE_EVENT, to_attributes(prepared),
-                       timestamp=int(prepared.timestamp.timestamp() * 1e9))
+        attributes = to_attributes(prepared)
+        attributes[semconv.FAILURE_PREPARED] = True
+        span.add_event(semconv.FAILURE_EVENT, attributes, timestamp=int(prepared.timestamp.timestamp() * 1e9))
         span.set_attribute(semconv.ERROR_TYPE, prepared.error_type)
         span.set_status(Status(StatusCode.ERROR, prepared.error_message[:512]))
         return prepared
@@ -48,6 +49,8 @@ def record_run(outcome: RunOutcome, span: Span | None = None) -> None:
     """Mark ``span`` as covering one run, with its outcome, so the index can compute rates."""
     try:
         span = span if span is not None else trace.get_current_span()
-        span.set_attributes(run_attributes(outcome))
+        attributes = run_attributes(outcome)
+        span.add_event(semconv.RUN_EVENT, attributes)
+        span.set_attribute(semconv.RUN_OUTCOME, attributes[semconv.RUN_OUTCOME])
     except Exception:  # noqa: BLE001
         _log.debug("hive-failures: could not record a run outcome", exc_info=True)

@@ -86,7 +86,7 @@ def test_full_queue_drops_counted_instead_of_blocking(db_path: Path, caplog: pyt
                 hof.record_failure(hof.FailureRecord(session_id=f"s{i}", error_message="x"))
         elapsed = time.monotonic() - t0
     stats = p.processor.stats()
-    assert stats.dropped >= 50 - 5 - 1  # queue (5) + at most one batch held by the writer
+    assert stats.dropped >= 50 - 5 - 5  # room for the queue (5) and at most one batch (<= 5) held by the writer
     assert elapsed < 5, "on_end blocked on a full queue"
     assert sum("dropping failure records" in r.getMessage() for r in caplog.records) == 1  # logged once
     gate.set()

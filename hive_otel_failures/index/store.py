@@ -13,13 +13,14 @@ import re
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from ..record import FailureRecord, RunOutcome, prepare
-from ..scrub import Limits
+from .. import semconv
+from ..record import FailureKind, FailureRecord, RunOutcome, prepare, to_attributes
+from ..scrub import TRUNCATED_KEY, Limits
 from .models import Advice, NodeStats, Pattern, Resolution, Stats
 from .schema import LATEST_VERSION, MIGRATIONS
 
@@ -63,6 +64,10 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
+def _dumps_list(value: Any) -> str:
+    return _dumps(list(value)) if value else "[]"
+
+
 _FAILURE_COLUMNS = (
     "failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, traceback, "
     "attempts, judge_feedback, constraints_violated, criteria_unmet, tool_calls, input_context_sha, "
@@ -77,7 +82,56 @@ _SELECT_FAILURE = f"""
     LEFT JOIN blobs ms ON ms.sha256 = f.memory_snapshot_sha
     LEFT JOIN blobs gs ON gs.sha256 = f.graph_snapshot_sha
 """
-_SNAPSHOT_FIELDS = ("input_context", "memory_snapshot", "graph_snapshot")
+_COL = {name.strip(): i for i, name in enumerate(_FAILURE_COLUMNS.split(","))}
+_P = semconv.FAILURE_PREFIX
+_KINDS = frozenset(k.value for k in FailureKind)
+
+
+class _WireRow(NamedTuple):
+    values: tuple[Any, ...]  # in _FAILURE_COLUMNS order
+    blobs: list[tuple[str, str]]  # (sha256, JSON text) of the snapshots
+
+
+_SNAPSHOT_KEYS = tuple(_P + name for name in ("input_context", "memory_snapshot", "graph_snapshot"))
+(_ID, _SESSION, _AGENT, _NODE, _TIME, _KIND, _ETYPE, _EMSG, _TB, _ATTEMPTS, _JUDGE, _CONSTRAINTS, _CRITERIA,
+ _TOOLS, _TRACE, _SPAN, _VERSION, _FP, _TRANSIENT, _EVOLVED, _RESOLUTION) = (_P + name for name in (
+    "failure_id", "session_id", "agent_id", "node_id", "timestamp", "kind", "error_type", "error_message",
+    "traceback", "attempts", "judge_feedback", "constraints_violated", "criteria_unmet", "tool_calls", "trace_id",
+    "span_id", "agent_version", "fingerprint", "transient", "evolution_triggered", "resolution"))
+
+
+def _wire_row(attrs: Mapping[str, Any]) -> _WireRow:
+    """A failures row from prepared ``hive.failure`` attributes.
+
+    Prepared attributes come from ``to_attributes`` of a validated FailureRecord, so only
+    what the row cannot do without is checked here; the hot path of the writer stays lean.
+    JSON text that span limits may have cut is tolerated when read back.
+    """
+    get = attrs.get
+    failure_id, fingerprint, stamp = get(_ID), get(_FP), get(_TIME)
+    kind, attempts = get(_KIND, "exception"), get(_ATTEMPTS, 1)
+    if not (isinstance(failure_id, str) and isinstance(fingerprint, str) and isinstance(stamp, str)
+            and kind in _KINDS and type(attempts) is int):
+        raise FailureIndexError("a prepared failure needs failure_id, fingerprint, timestamp, a known kind and "
+                                f"integer attempts; got {dict(attrs)!r:.200}")
+    try:
+        ts = _ts(datetime.fromisoformat(stamp))
+    except ValueError:
+        raise FailureIndexError(f"hive.failure.timestamp is not ISO 8601: {stamp!r:.40}") from None
+    blobs, shas = [], []
+    for key in _SNAPSHOT_KEYS:
+        text = get(key)
+        sha = None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if sha is not None:
+            blobs.append((sha, text))
+        shas.append(sha)
+    values = (
+        failure_id, get(_SESSION), get(_AGENT), get(_NODE), ts, kind, get(_ETYPE, "unknown"), get(_EMSG, ""),
+        get(_TB), attempts, get(_JUDGE, "[]"), _dumps_list(get(_CONSTRAINTS)), _dumps_list(get(_CRITERIA)),
+        get(_TOOLS, "[]"), *shas, get(_TRACE), get(_SPAN), get(_VERSION), fingerprint, int(bool(get(_TRANSIENT))),
+        int(bool(get(_EVOLVED))), get(_RESOLUTION),
+    )
+    return _WireRow(values, blobs)
 
 
 class FailureIndex:
@@ -149,16 +203,24 @@ class FailureIndex:
 
     # --- writing --------------------------------------------------------------------------
     def add(self, failures: Iterable[FailureRecord] = (), runs: Iterable[RunOutcome] = ()) -> int:
-        """Store failures (prepared: scrubbed, fingerprinted) and run outcomes in one transaction.
+        """Store failures and run outcomes in one transaction; records are prepared here first.
 
         Returns how many failures were new; a failure_id already stored is skipped.
         """
-        records = [prepare(r, self.limits) for r in failures]
+        return self.add_prepared([to_attributes(prepare(r, self.limits)) for r in failures], runs)
+
+    def add_prepared(self, failures: Iterable[Mapping[str, Any]], runs: Iterable[RunOutcome] = ()) -> int:
+        """Store failures in their ``hive.failure`` attribute form, already prepared (record_failure).
+
+        This is how the span processor writes: no second scrub, no model round trip. A
+        malformed entry raises FailureIndexError and nothing of the call is written.
+        """
+        rows = [_wire_row(a) for a in failures]
         outcomes = list(runs)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                added = self._insert_failures(records)
+                added = self._insert_failures(rows)
                 self._upsert_runs(outcomes)
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -166,64 +228,43 @@ class FailureIndex:
                 raise
         return added
 
-    def _insert_failures(self, records: Sequence[FailureRecord]) -> int:
-        if not records:
+    def _insert_failures(self, rows: Sequence[_WireRow]) -> int:
+        if not rows:
             return 0
         c = self._conn
-        ids = [r.failure_id for r in records]
-        known = {row[0] for row in self._select_in("SELECT failure_id FROM failures WHERE failure_id IN", ids)}
-        fresh: dict[str, FailureRecord] = {}
-        for r in records:
-            if r.failure_id not in known:
-                fresh.setdefault(r.failure_id, r)
+        known = {r[0] for r in self._select_in("SELECT failure_id FROM failures WHERE failure_id IN",
+                                               [row.values[0] for row in rows])}
+        fresh: dict[str, _WireRow] = {}
+        for row in rows:
+            if row.values[0] not in known:
+                fresh.setdefault(row.values[0], row)
         if not fresh:
             return 0
 
-        blobs: dict[str, tuple[str, str, int]] = {}
-        rows = []
-        for r in fresh.values():
-            shas = []
-            for field in _SNAPSHOT_FIELDS:
-                value = getattr(r, field)
-                if value is None:
-                    shas.append(None)
-                    continue
-                text = _dumps(value)
-                sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-                blobs.setdefault(sha, (sha, text, len(text)))
-                shas.append(sha)
-            rows.append((
-                r.failure_id, r.session_id, r.agent_id, r.node_id, _ts(r.timestamp), r.kind, r.error_type,
-                r.error_message, r.traceback, r.attempts,
-                _dumps([j.model_dump(mode="json") for j in r.judge_feedback]),
-                _dumps(r.constraints_violated), _dumps(r.criteria_unmet),
-                _dumps([t.model_dump(mode="json") for t in r.tool_calls]),
-                *shas, r.trace_id, r.span_id, r.agent_version, r.fingerprint, int(bool(r.transient)),
-                int(r.evolution_triggered), r.resolution,
-            ))
-
         # Pattern bookkeeping: which (fingerprint, session) pairs are new, before inserting.
-        by_fp: dict[str, list[FailureRecord]] = defaultdict(list)
-        for r in fresh.values():
-            by_fp[r.fingerprint or ""].append(r)
+        by_fp: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        for row in fresh.values():
+            by_fp[row.values[_COL["fingerprint"]]].append(row.values)
         pattern_rows = []
+        s_col, t_col = _COL["session_id"], _COL["ts"]
         for fp, group in by_fp.items():
-            sessions = {r.session_id for r in group}
-            seen = {row[0] for row in self._select_in(
+            sessions = {v[s_col] for v in group}
+            seen = {r[0] for r in self._select_in(
                 "SELECT DISTINCT session_id FROM failures WHERE fingerprint = ? AND session_id IN",
-                [s for s in sessions if s is not None], fp)}
+                [x for x in sessions if x is not None], fp)}
             if None in sessions and c.execute(
                 "SELECT 1 FROM failures WHERE fingerprint = ? AND session_id IS NULL LIMIT 1", (fp,)
             ).fetchone():
                 seen.add(None)
-            last = max(group, key=lambda r: r.timestamp)
-            stamps = [_ts(r.timestamp) for r in group]
-            pattern_rows.append((fp, last.agent_id, last.node_id, last.error_type, last.kind, last.error_message,
-                                 int(bool(last.transient)), len(group), len(sessions - seen),
-                                 min(stamps), max(stamps)))
+            last = max(group, key=lambda v: v[t_col])
+            pattern_rows.append((fp, last[_COL["agent_id"]], last[_COL["node_id"]], last[_COL["error_type"]],
+                                 last[_COL["kind"]], last[_COL["error_message"]], last[_COL["transient"]],
+                                 len(group), len(sessions - seen), min(v[t_col] for v in group), last[t_col]))
 
+        blobs = {sha: (sha, text, len(text)) for row in fresh.values() for sha, text in row.blobs}
         c.executemany("INSERT OR IGNORE INTO blobs (sha256, content, size) VALUES (?, ?, ?)", blobs.values())
-        c.executemany(f"INSERT INTO failures ({_FAILURE_COLUMNS}) VALUES ({', '.join('?' * 24)})", rows)
+        c.executemany(f"INSERT INTO failures ({_FAILURE_COLUMNS}) VALUES ({', '.join('?' * len(_COL))})",
+                      [row.values for row in fresh.values()])
         c.executemany(
             """INSERT INTO patterns (fingerprint, agent_id, node_id, error_type, kind, sample_message, transient,
                                      count, sessions, first_seen, last_seen)
@@ -237,7 +278,7 @@ class FailureIndex:
                                          THEN excluded.sample_message ELSE sample_message END""",
             pattern_rows,
         )
-        return len(rows)
+        return len(fresh)
 
     def _upsert_runs(self, outcomes: Sequence[RunOutcome]) -> None:
         self._conn.executemany(
@@ -427,6 +468,19 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _loads(text: str | None, default: Any) -> Any:
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {TRUNCATED_KEY: "stored value is not valid JSON (cut by span limits?)", "preview": text[:1024]}
+
+
 def _record_from_row(row: tuple[Any, ...]) -> FailureRecord:
     (failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, traceback, attempts,
      judge_feedback, constraints, criteria, tool_calls, _ic, _ms, _gs, trace_id, span_id, agent_version,
@@ -434,12 +488,11 @@ def _record_from_row(row: tuple[Any, ...]) -> FailureRecord:
     return FailureRecord.model_validate({
         "failure_id": failure_id, "session_id": session_id, "agent_id": agent_id, "node_id": node_id,
         "timestamp": _dt(ts), "kind": kind, "error_type": error_type, "error_message": error_message,
-        "traceback": traceback, "attempts": attempts, "judge_feedback": json.loads(judge_feedback),
+        "traceback": traceback, "attempts": attempts,
+        "judge_feedback": _listed(_loads(judge_feedback, [])), "tool_calls": _listed(_loads(tool_calls, [])),
         "constraints_violated": json.loads(constraints), "criteria_unmet": json.loads(criteria),
-        "tool_calls": json.loads(tool_calls),
-        "input_context": json.loads(input_context) if input_context is not None else None,
-        "memory_snapshot": json.loads(memory) if memory is not None else None,
-        "graph_snapshot": json.loads(graph) if graph is not None else None,
+        "input_context": _loads(input_context, None), "memory_snapshot": _loads(memory, None),
+        "graph_snapshot": _loads(graph, None),
         "trace_id": trace_id, "span_id": span_id, "agent_version": agent_version, "fingerprint": fingerprint,
         "transient": bool(transient), "evolution_triggered": bool(evolution_triggered), "resolution": resolution,
     })

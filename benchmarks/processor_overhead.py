@@ -1,0 +1,182 @@
+"""Cost of FailureIndexProcessor on the application thread, and its writer throughput.
+
+Prints figures; asserts nothing (the machines are shared and noisy). Ratios are measured
+side by side in one run, rounds interleaved, medians reported.
+
+    python benchmarks/processor_overhead.py [--spans 100000] [--rounds 50] [--records 20000]
+
+Targets: plain spans <= 1.05x, failure spans <= 1.10x, writer >= 0.7x of raw executemany of
+the same rows (the failures, their content blobs and pattern rows the writer leaves behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+import hive_otel_failures as hof
+from hive_otel_failures.index.schema import MIGRATIONS
+from hive_otel_failures.record import prepare
+
+
+class DiscardExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def make_pipeline(with_index: bool, db: Path) -> tuple[TracerProvider, hof.FailureIndexProcessor | None]:
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(DiscardExporter(), max_queue_size=100_000))
+    processor = None
+    if with_index:
+        processor = hof.FailureIndexProcessor(str(db), max_queue_size=100_000)
+        provider.add_span_processor(processor)
+    return provider, processor
+
+
+def sample_record(i: int) -> hof.FailureRecord:
+    return hof.FailureRecord(
+        agent_id="report-agent", node_id=f"node{i % 5}", session_id=f"session_{i % 200}",
+        error_type="builtins.ValueError", error_message=f"could not parse row {i} of 'orders.csv'", attempts=3,
+        input_context={"customer": "ACME", "row": i}, graph_snapshot={"id": "report-agent", "nodes": ["a", "b"]},
+        judge_feedback=[hof.JudgeFeedback(attempt=1, action="RETRY", feedback="total missing")],
+    )
+
+
+def time_block(tracer, records: list[hof.FailureRecord] | None, n: int) -> float:
+    """Seconds per span on the calling thread (the application's) for one block of spans."""
+    gc.collect()
+    gc.disable()  # as timeit does: a collection would land on whichever side happens to run then
+    t0 = time.perf_counter()
+    if records is not None:
+        for record in records:
+            with tracer.start_as_current_span("node") as span:
+                hof.record_failure(record, span)
+    else:
+        for _ in range(n):
+            with tracer.start_as_current_span("node") as span:
+                span.set_attribute("k", 1)
+    elapsed = time.perf_counter() - t0
+    gc.enable()
+    return elapsed / n
+
+
+def app_thread_overhead(spans: int, rounds: int, tmp: Path) -> dict[str, float]:
+    """Both pipelines live side by side; short blocks alternate between them, medians compared."""
+    results: dict[str, float] = {}
+    for failing in (False, True):
+        pipelines = {with_index: make_pipeline(with_index, tmp / f"app-{failing}.db") for with_index in (False, True)}
+        block = max(1, spans // rounds // (10 if failing else 1))
+        records = [prepare(sample_record(i)) for i in range(block)] if failing else None
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(rounds + 1):
+            order = (False, True) if r % 2 == 0 else (True, False)
+            for with_index in order:
+                cost = time_block(pipelines[with_index][0].get_tracer("bench"), records, block)
+                if r:  # round 0 warms both up
+                    times[with_index].append(cost)
+        for provider, _ in pipelines.values():
+            provider.shutdown()
+        label = "failure" if failing else "plain"
+        base, ours = statistics.median(times[False]), statistics.median(times[True])
+        results[f"{label}_base_us"], results[f"{label}_with_index_us"] = base * 1e6, ours * 1e6
+        results[f"{label}_ratio"] = ours / base
+    return results
+
+
+def stored_rows(db: Path) -> dict[str, list[tuple]]:
+    """Exactly the rows our writer left in the database, table by table."""
+    conn = sqlite3.connect(db)
+    rows = {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in ("failures", "blobs", "patterns")}
+    conn.close()
+    return rows
+
+
+def raw_executemany(db: Path, rows: dict[str, list[tuple]], n: int, batch: int) -> float:
+    """Seconds to write the same rows with bare sqlite3 executemany, same schema and pragmas."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    for migration in MIGRATIONS:
+        conn.executescript(migration)
+    per_batch = {t: max(1, len(r) * batch // n) for t, r in rows.items()}
+    t0 = time.perf_counter()
+    for i in range(0, n // batch + 1):
+        conn.execute("BEGIN")
+        for table, table_rows in rows.items():
+            chunk = table_rows[i * per_batch[table] : (i + 1) * per_batch[table]]
+            if chunk:
+                conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(chunk[0]))})", chunk)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return elapsed
+
+
+def writer_throughput(n: int, tmp: Path, batch: int = 512) -> dict[str, float]:
+    records = [prepare(sample_record(i)) for i in range(n)]
+    # Ours: failure spans through the processor, timed until everything is on disk.
+    provider, processor = make_pipeline(True, tmp / "writer.db")
+    assert processor is not None
+    processor.force_flush()
+    tracer = provider.get_tracer("bench")
+    spans = []
+    for record in records:
+        span = tracer.start_span("node")
+        hof.record_failure(record, span)
+        spans.append(span)
+    gc.collect()
+    gc.disable()
+    t0 = time.perf_counter()
+    for span in spans:
+        processor.on_end(span)  # the span's own end() would also feed the batch exporter; keep it out
+    processor.force_flush(120_000)
+    ours = n / (time.perf_counter() - t0)
+    gc.enable()
+    stats = processor.stats()
+    provider.shutdown()
+    # Raw: the same rows (failures, content blobs, patterns), bare executemany; and failures alone.
+    rows = stored_rows(tmp / "writer.db")
+    gc.collect()
+    gc.disable()
+    raw = n / raw_executemany(tmp / "raw.db", rows, n, batch)
+    raw_failures_only = n / raw_executemany(tmp / "raw_failures.db", {"failures": rows["failures"]}, n, batch)
+    gc.enable()
+    return {"writer_records_per_s": ours, "raw_executemany_per_s": raw, "writer_ratio": ours / raw,
+            "raw_failures_only_per_s": raw_failures_only, "written": stats.written, "dropped": stats.dropped,
+            "blob_rows": len(rows["blobs"]), "pattern_rows": len(rows["patterns"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spans", type=int, default=100_000, help="plain spans per side (failure spans: a tenth)")
+    parser.add_argument("--rounds", type=int, default=50, help="alternating blocks per side")
+    parser.add_argument("--records", type=int, default=20_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        app = app_thread_overhead(args.spans, args.rounds, tmp)
+        writer = writer_throughput(args.records, tmp)
+    print(f"plain span   : {app['plain_base_us']:.2f} us -> {app['plain_with_index_us']:.2f} us with the processor"
+          f"  ratio {app['plain_ratio']:.3f}  (target <= 1.05)")
+    print(f"failure span : {app['failure_base_us']:.2f} us -> {app['failure_with_index_us']:.2f} us with the processor"
+          f"  ratio {app['failure_ratio']:.3f}  (target <= 1.10)")
+    print(f"writer       : {writer['writer_records_per_s']:.0f} records/s vs raw executemany "
+          f"{writer['raw_executemany_per_s']:.0f} rows/s  ratio {writer['writer_ratio']:.3f}  (target >= 0.70)"
+          f"  [written {writer['written']}, dropped {writer['dropped']}]")
+    print(f"               same rows = {writer['written']} failures + {writer['blob_rows']} content blobs + "
+          f"{writer['pattern_rows']} patterns; raw executemany of the failures rows alone: "
+          f"{writer['raw_failures_only_per_s']:.0f} rows/s")
+
+
+if __name__ == "__main__":
+    main()
