@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .bootstrap import Handle, configure
 from .index import Advice, FailureIndex, FailureIndexError, Pattern, Resolution, Stats, open_index
 from .processor import FailureIndexProcessor, ProcessorStats
@@ -15,9 +17,14 @@ from .spans import record_failure, record_run
 
 
 def instrument(**configure_kwargs: object) -> Handle:
-    """configure() plus the Hive hooks: one call for a Hive program. Safe to call twice."""
+    """configure() plus the Hive hooks: one call for a Hive program. Safe to call twice.
+
+    Honours OTEL_PYTHON_DISABLED_INSTRUMENTATIONS (``hive`` leaves Hive unhooked) and
+    OTEL_SDK_DISABLED, as opentelemetry-instrument does.
+    """
     handle = configure(**configure_kwargs)  # type: ignore[arg-type]
-    if handle.enabled:
+    disabled = {n.strip() for n in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    if handle.enabled and not disabled & {"hive", "*"}:
         from .instrumentation import HiveInstrumentor
 
         instrumentor = HiveInstrumentor()

@@ -1,0 +1,557 @@
+"""OpenTelemetry instrumentation for Hive (aden-hive): failures as spans and FailureRecords.
+
+The only module that imports ``framework.*``. Hooks, all undone by ``uninstrument()``:
+
+- ``Orchestrator.execute``            -> ``invoke_workflow`` span, run outcome (graph path)
+- ``NodeWorker._execute_with_retries`` -> node span with one child span per attempt; the
+  node's ``execute`` is wrapped on the instance to keep exception type and traceback
+- ``Worker.run``                      -> ``invoke_agent`` span for a colony worker, run outcome
+- ``AgentLoop.execute``               -> ``invoke_agent`` span (Queen, workers, event-loop nodes)
+- ``AgentLoop._execute_tool``         -> ``execute_tool`` span; ``_judge_turn`` -> full judge text
+- ``EventBus.publish``                -> degradation signals as span events (every bus, once)
+- ``DecisionTracker.start_run``       -> Hive's log trace_id := the OTel trace id
+
+Wrappers only build records and add span events; the index processor does all I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
+from wrapt import wrap_function_wrapper
+
+from .. import semconv
+from ..record import FailureKind, JudgeFeedback, RunOutcome, ToolCallAttempt
+from ..scrub import safe_text
+from ..spans import record_failure, record_run
+from .package import _instruments
+from .scopes import RunScope, UnitScope, current_run, current_unit, qualified_name, snapshot, version_of
+
+_log = logging.getLogger(__name__)
+
+# (module, class, method) of every hook; a method a Hive version lacks is skipped, not fatal.
+_HOOKS: tuple[tuple[str, str, str], ...] = (
+    ("framework.orchestrator.orchestrator", "Orchestrator", "execute"),
+    ("framework.orchestrator.node_worker", "NodeWorker", "_execute_with_retries"),
+    ("framework.host.worker", "Worker", "run"),
+    ("framework.agent_loop.agent_loop", "AgentLoop", "execute"),
+    ("framework.agent_loop.agent_loop", "AgentLoop", "_execute_tool"),
+    ("framework.agent_loop.agent_loop", "AgentLoop", "_judge_turn"),
+    ("framework.host.event_bus", "EventBus", "publish"),
+    ("framework.tracker.decision_tracker", "DecisionTracker", "start_run"),
+    ("framework.host.stream_runtime", "StreamDecisionTracker", "start_run"),
+)
+_FAILED_WORKER_STATUSES = {"failed": FailureKind.WORKER_FAILED, "timeout": FailureKind.TIMEOUT}
+_SIGNAL_EVENTS = {  # EventType value -> (span event name, FailureKind signal or None, data key)
+    "node_stalled": (semconv.EVENT_STALLED, FailureKind.STALLED, "reason"),
+    "node_tool_doom_loop": (semconv.EVENT_DOOM_LOOP, FailureKind.DOOM_LOOP, "description"),
+    "escalation_requested": (semconv.EVENT_ESCALATION, FailureKind.ESCALATED, "reason"),
+    "stream_inactive": (semconv.EVENT_STREAM_INACTIVE, None, "reason"),
+    "stream_ttft_exceeded": (semconv.EVENT_STREAM_INACTIVE, None, "reason"),
+    "node_retry": (semconv.EVENT_RETRY, None, "error"),
+}
+
+
+def _guard(what: str) -> Any:
+    """Run our own bookkeeping without ever raising into Hive; log each kind of slip once."""
+    return _Guard(what)
+
+
+class _Guard:
+    _seen: set[str] = set()
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc is not None and isinstance(exc, Exception):
+            if self.what not in self._seen:
+                self._seen.add(self.what)
+                _log.warning("hive-failures: instrumentation slip in %s (Hive continues)", self.what, exc_info=exc)
+            return True
+        return False
+
+
+def _hive_trace_context() -> Any:
+    from framework.observability import logging as hive_logging
+
+    return hive_logging.trace_context
+
+
+@contextmanager
+def _bind_hive_logs(span: Span) -> Iterator[None]:
+    """Put the span's trace and span ids into Hive's log context for the span's lifetime."""
+    token = None
+    with _guard("log context"):
+        ctx = span.get_span_context()
+        if ctx.is_valid:
+            var = _hive_trace_context()
+            token = var.set({**(var.get() or {}), "trace_id": format_trace_id(ctx.trace_id),
+                             "span_id": format_span_id(ctx.span_id)})
+    try:
+        yield
+    finally:
+        if token is not None:
+            with _guard("log context reset"):
+                _hive_trace_context().reset(token)
+
+
+def _fail_span(span: Span, error_type: str, message: str) -> None:
+    span.set_attribute(semconv.ERROR_TYPE, error_type)
+    span.set_status(Status(StatusCode.ERROR, message[:512]))
+
+
+def _agent_info(ctx: Any) -> dict[str, Any]:
+    spec = getattr(ctx, "agent_spec", None)
+    llm = getattr(ctx, "llm", None)
+    return {
+        "agent_id": getattr(spec, "id", None) or getattr(ctx, "agent_id", None),
+        "name": getattr(spec, "name", None) or getattr(ctx, "agent_id", None) or "agent",
+        "session_id": getattr(ctx, "session_id", None) or getattr(ctx, "execution_id", None) or None,
+        "colony_id": getattr(ctx, "colony_id", None),
+        "stream_id": getattr(ctx, "stream_id", None),
+        "execution_id": getattr(ctx, "execution_id", None),
+        "model": getattr(llm, "model", None),
+        "spec": spec,
+    }
+
+
+def _agent_snapshot(info: dict[str, Any]) -> Any:
+    spec = info["spec"]
+    return snapshot({"agent_spec": spec, "model": info["model"]}) if spec is not None else None
+
+
+def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
+    attributes = {
+        semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_AGENT,
+        semconv.GEN_AI_AGENT_ID: info["agent_id"],
+        semconv.GEN_AI_AGENT_NAME: info["name"],
+        semconv.GEN_AI_CONVERSATION_ID: info["session_id"],
+        semconv.HIVE_SESSION_ID: info["session_id"],
+        semconv.HIVE_COLONY_ID: info["colony_id"],
+        semconv.HIVE_STREAM_ID: info["stream_id"],
+        semconv.HIVE_EXECUTION_ID: info["execution_id"],
+        semconv.GEN_AI_REQUEST_MODEL: info["model"],
+    }
+    return {k: str(v) for k, v in attributes.items() if v not in (None, "")}
+
+
+class _Hooks:
+    """The wrappers, bound to one tracer."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+
+    # --- graph path --------------------------------------------------------------------------
+    async def orchestrator_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        graph = args[0] if args else kwargs.get("graph")
+        goal = args[1] if len(args) > 1 else kwargs.get("goal")
+        run = None
+        with _guard("workflow start"):
+            graph_snapshot = snapshot({"graph": graph, "goal": goal})
+            session_id = ""
+            getter = getattr(instance, "_get_runtime_log_session_id", None)
+            if callable(getter):
+                session_id = getter() or ""
+            session_id = session_id or str(getattr(instance, "_execution_id", "") or getattr(instance, "_run_id", ""))
+            run = RunScope(agent_id=str(getattr(graph, "id", "graph")), session_id=session_id,
+                           graph_snapshot=graph_snapshot, agent_version=version_of(graph_snapshot))
+        name = run.agent_id if run else "graph"
+        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_WORKFLOW} {name}") as span:
+            token = current_run.set(run) if run else None
+            with _guard("workflow attributes"):
+                if run:
+                    span.set_attributes({semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_WORKFLOW,
+                                         semconv.GEN_AI_AGENT_ID: run.agent_id,
+                                         semconv.GEN_AI_AGENT_NAME: str(getattr(graph, "name", "") or run.agent_id),
+                                         semconv.GEN_AI_CONVERSATION_ID: run.session_id,
+                                         semconv.HIVE_SESSION_ID: run.session_id,
+                                         semconv.HIVE_AGENT_VERSION: run.agent_version})
+            try:
+                result = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                with _guard("workflow raised"):
+                    if run and not isinstance(exc, asyncio.CancelledError):
+                        self._finish_workflow(span, run, None, exc)
+                raise
+            finally:
+                if token is not None:
+                    current_run.reset(token)
+            with _guard("workflow end"):
+                if run:
+                    self._finish_workflow(span, run, result, None)
+            return result
+
+    def _finish_workflow(self, span: Span, run: RunScope, result: Any, exc: BaseException | None) -> None:
+        success = exc is None and bool(getattr(result, "success", False))
+        if not success:
+            error = str(exc) if exc is not None else str(getattr(result, "error", "") or "execution failed")
+            if run.failures == 0:  # failed before or outside any node (invalid graph, missing tools)
+                unit = UnitScope(agent_id=run.agent_id, node_id=None, session_id=run.session_id,
+                                 agent_version=run.agent_version, graph_snapshot=run.graph_snapshot, exception=exc)
+                error_type = qualified_name(exc) if exc is not None else "hive.execution_failed"
+                record_failure(unit.failure(kind=FailureKind.EXCEPTION, error_type=error_type,
+                                            error_message=error), span)
+                run.failures += 1
+                run.first_error_type = run.first_error_type or error_type
+            _fail_span(span, run.first_error_type or "hive.execution_failed", error)
+        quality = getattr(result, "execution_quality", None) if result is not None else "failed"
+        record_run(RunOutcome(session_id=run.session_id, agent_id=run.agent_id, agent_version=run.agent_version,
+                              success=success, quality=str(quality) if quality else None,
+                              failures=run.failures), span)
+
+    async def node_with_retries(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        node_impl = args[0] if args else kwargs.get("node_impl")
+        ctx = args[1] if len(args) > 1 else kwargs.get("ctx")
+        run = current_run.get()
+        node_id = str(getattr(ctx, "node_id", None) or getattr(getattr(instance, "node_spec", None), "id", "node"))
+        unit = UnitScope(agent_id=run.agent_id if run else None, node_id=node_id,
+                         session_id=run.session_id if run else None,
+                         agent_version=run.agent_version if run else None,
+                         graph_snapshot=run.graph_snapshot if run else None)
+        with _guard("node start"):
+            unit.input_context = snapshot(getattr(ctx, "input_data", None))
+        with self.tracer.start_as_current_span(f"hive.node {node_id}") as span:
+            span.set_attribute(semconv.HIVE_NODE_ID, node_id)
+            if run:
+                span.set_attribute(semconv.GEN_AI_AGENT_ID, run.agent_id)
+            token = current_unit.set(unit)
+            restore = self._trace_attempts(node_impl, node_id, unit)
+            try:
+                result = await wrapped(*args, **kwargs)
+            finally:
+                restore()
+                current_unit.reset(token)
+            with _guard("node end"):
+                if not getattr(result, "success", True):
+                    self._node_failed(span, unit, run, ctx, result)
+            return result
+
+    def _trace_attempts(self, node_impl: Any, node_id: str, unit: UnitScope) -> Any:
+        """Wrap ``node_impl.execute`` on the instance: one span per attempt, exception kept.
+
+        Hive flattens the exception into a string; the wrapper sees it first. The object
+        itself is untouched (Hive checks ``isinstance(node_impl, AgentLoop)``).
+        """
+        original = getattr(node_impl, "execute", None)
+        if original is None or getattr(original, "_hof_attempts", False):
+            return lambda: None
+        tracer = self.tracer
+
+        async def execute(ctx: Any) -> Any:
+            unit.attempts += 1
+            with tracer.start_as_current_span(f"hive.node.attempt {node_id}") as span:
+                span.set_attributes({semconv.HIVE_NODE_ID: node_id, semconv.HIVE_NODE_ATTEMPT: unit.attempts})
+                try:
+                    result = await original(ctx)
+                except Exception as exc:
+                    unit.exception = exc
+                    _fail_span(span, qualified_name(exc), str(exc))
+                    raise
+                if not getattr(result, "success", True):
+                    _fail_span(span, "hive.node_failed", str(getattr(result, "error", "") or "node failed"))
+                return result
+
+        execute._hof_attempts = True  # type: ignore[attr-defined]
+        had_own = "execute" in vars(node_impl) if hasattr(node_impl, "__dict__") else False
+        try:
+            node_impl.execute = execute
+        except (AttributeError, TypeError):
+            return lambda: None
+
+        def restore() -> None:
+            with _guard("node restore"):
+                if had_own:
+                    node_impl.execute = original
+                else:
+                    del node_impl.execute
+
+        return restore
+
+    def _node_failed(self, span: Span, unit: UnitScope, run: RunScope | None, ctx: Any, result: Any) -> None:
+        error = str(getattr(result, "error", "") or "node failed")
+        memory = None
+        with _guard("buffer snapshot"):
+            buffer = getattr(ctx, "buffer", None)
+            memory = snapshot(buffer.read_all()) if buffer is not None else None
+        if unit.exception is not None:
+            kind, error_type, message = FailureKind.EXCEPTION, qualified_name(unit.exception), str(unit.exception)
+        else:
+            signal = unit.classify()
+            kind, message = signal if signal else (FailureKind.NODE_FAILED, error)
+            error_type = f"hive.{kind.value}"
+        record_failure(unit.failure(kind=kind, error_type=error_type, error_message=message or error,
+                                    memory_snapshot=memory), span)
+        if run is not None:
+            run.failures += 1
+            run.first_error_type = run.first_error_type or error_type
+
+    # --- current runtime -----------------------------------------------------------------------
+    async def worker_run(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        unit = info = None
+        with _guard("worker start"):
+            ctx = getattr(instance, "_context", None)
+            info = _agent_info(ctx)
+            info["session_id"] = info["session_id"] or str(getattr(instance, "id", ""))
+            agent_snapshot = _agent_snapshot(info)
+            unit = UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
+                             graph_snapshot=agent_snapshot,
+                             agent_version=version_of(agent_snapshot) if agent_snapshot else None,
+                             input_context=snapshot({"task": getattr(instance, "task", None),
+                                                     "input_data": getattr(ctx, "input_data", None)}))
+        name = (info or {}).get("name") or "worker"
+        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {name}") as span:
+            with _guard("worker attributes"):
+                span.set_attributes(_agent_attributes(info or {}))
+                span.set_attribute("hive.worker.id", str(getattr(instance, "id", "")))
+            token = current_unit.set(unit) if unit else None
+            try:
+                with _bind_hive_logs(span):
+                    result = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                with _guard("worker crashed"):
+                    if unit and not isinstance(exc, asyncio.CancelledError):
+                        unit.exception = exc
+                        record_failure(unit.failure(kind=FailureKind.WORKER_CRASHED, error_type=qualified_name(exc),
+                                                    error_message=str(exc)), span)
+                        self._run_outcome(span, unit, success=False, quality="crashed", failures=1)
+                raise
+            finally:
+                if token is not None:
+                    current_unit.reset(token)
+            with _guard("worker end"):
+                if unit:
+                    self._worker_done(span, unit, result)
+            return result
+
+    def _worker_done(self, span: Span, unit: UnitScope, result: Any) -> None:
+        status = str(getattr(result, "status", "") or "")
+        span.set_attribute(semconv.HIVE_WORKER_STATUS, status)
+        failed_kind = _FAILED_WORKER_STATUSES.get(status)
+        if failed_kind is None:
+            self._run_outcome(span, unit, success=True, quality=status or None, failures=0)
+            return
+        message = str(getattr(result, "error", None) or getattr(result, "summary", None) or status)
+        signal = unit.classify()
+        if unit.exception is not None:
+            kind, error_type, message = FailureKind.WORKER_CRASHED, qualified_name(unit.exception), str(unit.exception)
+        elif signal is not None:
+            kind, reason = signal
+            error_type = f"hive.{kind.value}"
+            message = f"{reason}; {message}" if reason and reason not in message else message
+        else:
+            kind, error_type = failed_kind, f"hive.{failed_kind.value}"
+        record_failure(unit.failure(kind=kind, error_type=error_type, error_message=message), span)
+        self._run_outcome(span, unit, success=False, quality=status, failures=1)
+
+    def _run_outcome(self, span: Span, unit: UnitScope, *, success: bool, quality: str | None, failures: int) -> None:
+        if unit.session_id:
+            record_run(RunOutcome(session_id=unit.session_id, agent_id=unit.agent_id, agent_version=unit.agent_version,
+                                  success=success, quality=quality, failures=failures), span)
+
+    async def agent_loop_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        info: dict[str, Any] = {}
+        owner: UnitScope | None = None
+        with _guard("loop start"):
+            info = _agent_info(args[0] if args else kwargs.get("ctx"))
+            if current_unit.get() is None:  # nothing encloses this loop: it owns its failures
+                agent_snapshot = _agent_snapshot(info)
+                owner = UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
+                                  graph_snapshot=agent_snapshot,
+                                  agent_version=version_of(agent_snapshot) if agent_snapshot else None,
+                                  input_context=snapshot(getattr(args[0] if args else kwargs.get("ctx"),
+                                                                 "input_data", None)))
+        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}") as span:
+            with _guard("loop attributes"):
+                span.set_attributes(_agent_attributes(info))
+            token = current_unit.set(owner) if owner else None
+            try:
+                with _bind_hive_logs(span):
+                    result = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                with _guard("loop raised"):
+                    if not isinstance(exc, asyncio.CancelledError):
+                        unit = owner or current_unit.get()
+                        if unit is not None:
+                            unit.exception = exc
+                        _fail_span(span, qualified_name(exc), str(exc))
+                        if owner:
+                            record_failure(owner.failure(kind=FailureKind.EXCEPTION, error_type=qualified_name(exc),
+                                                         error_message=str(exc)), span)
+                            self._run_outcome(span, owner, success=False, quality="crashed", failures=1)
+                raise
+            finally:
+                if token is not None:
+                    current_unit.reset(token)
+            with _guard("loop end"):
+                self._loop_done(span, owner, result)
+            return result
+
+    def _loop_done(self, span: Span, owner: UnitScope | None, result: Any) -> None:
+        exit_reason = getattr(result, "exit_reason", None)
+        if exit_reason:
+            span.set_attribute(semconv.HIVE_EXIT_REASON, str(exit_reason))
+        if getattr(result, "success", True):
+            if owner:
+                self._run_outcome(span, owner, success=True, quality=str(exit_reason or "completed"), failures=0)
+            return
+        unit = owner or current_unit.get()
+        message = str(getattr(result, "error", "") or exit_reason or "agent loop failed")
+        signal = unit.classify() if unit else None
+        if signal:
+            kind = signal[0]
+        elif exit_reason == "timeout":
+            kind = FailureKind.TIMEOUT
+        else:
+            kind = FailureKind.WORKER_FAILED
+        error_type = f"hive.{kind.value}"
+        _fail_span(span, error_type, message)
+        if owner:
+            record_failure(owner.failure(kind=kind, error_type=error_type, error_message=message), span)
+            self._run_outcome(span, owner, success=False, quality=str(exit_reason or "failed"), failures=1)
+
+    async def execute_tool(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        tc = args[0] if args else kwargs.get("tc")
+        name = str(getattr(tc, "tool_name", "tool"))
+        with self.tracer.start_as_current_span(f"{semconv.OP_EXECUTE_TOOL} {name}") as span:
+            with _guard("tool attributes"):
+                span.set_attributes({semconv.GEN_AI_OPERATION_NAME: semconv.OP_EXECUTE_TOOL,
+                                     semconv.GEN_AI_TOOL_NAME: name,
+                                     semconv.GEN_AI_TOOL_CALL_ID: str(getattr(tc, "tool_use_id", "") or ""),
+                                     semconv.GEN_AI_TOOL_CALL_ARGUMENTS: safe_text(getattr(tc, "tool_input", None))})
+            try:
+                with _bind_hive_logs(span):
+                    result = await wrapped(*args, **kwargs)
+            except Exception as exc:
+                with _guard("tool raised"):
+                    _fail_span(span, qualified_name(exc), str(exc))
+                    self._note_tool(tc, name, str(exc), True)
+                raise
+            with _guard("tool end"):
+                is_error = bool(getattr(result, "is_error", False))
+                content = getattr(result, "content", None)
+                if is_error:
+                    _fail_span(span, "hive.tool_error", safe_text(content))
+                self._note_tool(tc, name, content, is_error)
+            return result
+
+    @staticmethod
+    def _note_tool(tc: Any, name: str, content: Any, is_error: bool) -> None:
+        unit = current_unit.get()
+        if unit is not None:
+            unit.add_tool_call(ToolCallAttempt(tool_name=name, arguments=snapshot(getattr(tc, "tool_input", None)),
+                                               result=safe_text(content) if content is not None else None,
+                                               is_error=is_error))
+
+    async def judge_turn(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        verdict = await wrapped(*args, **kwargs)
+        with _guard("judge verdict"):
+            unit = current_unit.get()
+            if unit is not None:
+                iteration = args[5] if len(args) > 5 else kwargs.get("iteration", len(unit.judge))
+                judge_type = "custom" if getattr(instance, "_judge", None) is not None else "implicit"
+                unit.add_judge(JudgeFeedback(attempt=int(iteration), action=str(getattr(verdict, "action", "")),
+                                             feedback=str(getattr(verdict, "feedback", "") or ""),
+                                             judge_type=judge_type))
+                if str(getattr(verdict, "action", "")) == "ESCALATE":
+                    unit.signals.setdefault(FailureKind.JUDGE_ESCALATED.value,
+                                            str(getattr(verdict, "feedback", "") or ""))
+        return verdict
+
+    # --- the EventBus tap and Hive's own trace ids ---------------------------------------------
+    async def publish(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        with _guard("event"):
+            self._observe(args[0] if args else kwargs.get("event"))
+        return await wrapped(*args, **kwargs)
+
+    @staticmethod
+    def _observe(event: Any) -> None:
+        """In-memory only: a span event on the current span, a signal on the current unit."""
+        kind = getattr(getattr(event, "type", None), "value", None)
+        data = getattr(event, "data", None) or {}
+        if kind == "judge_verdict":
+            action = str(data.get("action", ""))
+            if action in ("RETRY", "ESCALATE"):
+                trace.get_current_span().add_event(semconv.EVALUATION_EVENT, {
+                    semconv.EVALUATION_NAME: "hive.judge", semconv.EVALUATION_SCORE_LABEL: action,
+                    semconv.EVALUATION_EXPLANATION: safe_text(data.get("feedback", ""))})
+            return
+        if kind == "subagent_report":
+            unit = current_unit.get()
+            if unit is not None and data.get("status") == "failed":
+                unit.signals.setdefault("report_failed", str(data.get("summary", "")))
+            return
+        mapped = _SIGNAL_EVENTS.get(kind or "")
+        if mapped is None:
+            return
+        event_name, signal, key = mapped
+        reason = safe_text(data.get(key) or data.get("reason") or "")
+        trace.get_current_span().add_event(event_name, {semconv.EVENT_REASON: reason})
+        unit = current_unit.get()
+        if signal is not None and unit is not None:
+            unit.signals.setdefault(signal.value, reason)
+
+    @staticmethod
+    def start_run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        """After Hive mints its trace_id, replace it with the OTel one: one id in logs and traces."""
+        result = wrapped(*args, **kwargs)
+        with _guard("hive trace id"):
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                from framework.observability import set_trace_context
+
+                set_trace_context(trace_id=format_trace_id(ctx.trace_id), span_id=format_span_id(ctx.span_id))
+        return result
+
+
+class HiveInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Instrument aden-hive: ``HiveInstrumentor().instrument(tracer_provider=...)``."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        from .. import __name__ as package_name
+
+        tracer = trace.get_tracer(package_name, tracer_provider=kwargs.get("tracer_provider"))
+        hooks = _Hooks(tracer)
+        wrappers = {
+            ("Orchestrator", "execute"): hooks.orchestrator_execute,
+            ("NodeWorker", "_execute_with_retries"): hooks.node_with_retries,
+            ("Worker", "run"): hooks.worker_run,
+            ("AgentLoop", "execute"): hooks.agent_loop_execute,
+            ("AgentLoop", "_execute_tool"): hooks.execute_tool,
+            ("AgentLoop", "_judge_turn"): hooks.judge_turn,
+            ("EventBus", "publish"): hooks.publish,
+            ("DecisionTracker", "start_run"): hooks.start_run,
+            ("StreamDecisionTracker", "start_run"): hooks.start_run,
+        }
+        self._wrapped: list[tuple[Any, str]] = []
+        for module, cls_name, method in _HOOKS:
+            try:
+                wrap_function_wrapper(module, f"{cls_name}.{method}", wrappers[(cls_name, method)])
+            except (ImportError, AttributeError) as exc:
+                _log.info("hive-failures: hook %s.%s.%s not available in this Hive: %s", module, cls_name, method, exc)
+                continue
+            import importlib
+
+            self._wrapped.append((getattr(importlib.import_module(module), cls_name), method))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        for owner, method in getattr(self, "_wrapped", []):
+            unwrap(owner, method)
+        self._wrapped = []
+
+
+__all__ = ["HiveInstrumentor"]

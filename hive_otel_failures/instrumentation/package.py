@@ -1,0 +1,1 @@
+_instruments = ("aden-hive >= 1.0.1",)

@@ -1,0 +1,100 @@
+"""What an instrumented Hive unit has seen while it ran, kept in context variables.
+
+A *unit* is what owns a failure: a graph node (all its attempts), a colony worker, or an
+agent loop that nothing instrumented encloses (the Queen, a bare loop). Nested spans (a
+loop inside a worker, a tool inside a loop) report into the enclosing unit, so each real
+failure becomes exactly one FailureRecord. A *run* is one Orchestrator.execute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import traceback
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..record import FailureKind, FailureRecord, JudgeFeedback, ToolCallAttempt
+from ..scrub import Limits, sanitize
+
+_MAX_ITEMS = 50  # judge verdicts / tool calls kept per unit; the newest win
+
+
+@dataclass
+class RunScope:
+    """One graph run (Orchestrator.execute)."""
+
+    agent_id: str
+    session_id: str
+    graph_snapshot: Any
+    agent_version: str
+    failures: int = 0
+    first_error_type: str | None = None
+
+
+@dataclass
+class UnitScope:
+    """One owner of failures: a node, a worker or an outermost agent loop."""
+
+    agent_id: str | None
+    node_id: str | None
+    session_id: str | None
+    agent_version: str | None = None
+    graph_snapshot: Any = None
+    input_context: Any = None
+    attempts: int = 0
+    judge: list[JudgeFeedback] = field(default_factory=list)
+    tool_calls: list[ToolCallAttempt] = field(default_factory=list)
+    signals: dict[str, str] = field(default_factory=dict)  # FailureKind value -> Hive's reason
+    exception: BaseException | None = None
+    failures: int = 0
+
+    def add_judge(self, feedback: JudgeFeedback) -> None:
+        self.judge = (self.judge + [feedback])[-_MAX_ITEMS:]
+
+    def add_tool_call(self, call: ToolCallAttempt) -> None:
+        self.tool_calls = (self.tool_calls + [call])[-_MAX_ITEMS:]
+
+    def failure(self, *, kind: FailureKind, error_type: str, error_message: str,
+                memory_snapshot: Any = None, attempts: int | None = None) -> FailureRecord:
+        """The FailureRecord for what this unit saw; the caller puts it on a span."""
+        tb = None
+        if self.exception is not None and self.exception.__traceback__ is not None:
+            tb = "".join(traceback.format_exception(self.exception))
+        return FailureRecord(
+            session_id=self.session_id, agent_id=self.agent_id, node_id=self.node_id, kind=kind,
+            error_type=error_type, error_message=error_message, traceback=tb,
+            attempts=attempts if attempts is not None else max(1, self.attempts),
+            judge_feedback=list(self.judge), input_context=self.input_context, memory_snapshot=memory_snapshot,
+            graph_snapshot=self.graph_snapshot, tool_calls=list(self.tool_calls), agent_version=self.agent_version,
+        )
+
+    def classify(self) -> tuple[FailureKind, str] | None:
+        """The failure kind the signals point to (most specific first), with Hive's reason."""
+        for kind in (FailureKind.DOOM_LOOP, FailureKind.STALLED, FailureKind.JUDGE_ESCALATED,
+                     FailureKind.ESCALATED):
+            if kind.value in self.signals:
+                return kind, self.signals[kind.value]
+        return None
+
+
+current_run: ContextVar[RunScope | None] = ContextVar("hive_otel_failures_run", default=None)
+current_unit: ContextVar[UnitScope | None] = ContextVar("hive_otel_failures_unit", default=None)
+
+
+def qualified_name(exc: BaseException) -> str:
+    """``error.type`` for an exception: its fully qualified class name."""
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def snapshot(value: Any) -> Any:
+    """A JSON-safe, scrubbed view of a Hive model (GraphSpec, AgentSpec, Goal)."""
+    return sanitize(value, Limits.from_env())
+
+
+def version_of(snapshot_value: Any) -> str:
+    """Implicit agent version: a short hash of the agent definition, for when Hive gives none."""
+    text = json.dumps(snapshot_value, sort_keys=True, ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:12]
