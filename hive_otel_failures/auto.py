@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry.instrumentation.configurator import BaseConfigurator
+from opentelemetry.sdk._configuration import _BaseConfigurator  # the base every configurator uses
 
 from .bootstrap import configure
 
 
-class HiveFailuresConfigurator(BaseConfigurator):
+class HiveFailuresConfigurator(_BaseConfigurator):
     def _configure(self, **kwargs: Any) -> None:
         configure()

@@ -235,7 +235,9 @@ class _Hooks:
                 current_unit.reset(token)
             with _guard("node end"):
                 if not getattr(result, "success", True):
-                    self._node_failed(span, unit, run, ctx, result)
+                    # The whole data buffer (the node's ctx.buffer only shows its input keys).
+                    buffer = getattr(getattr(instance, "_gc", None), "buffer", None) or getattr(ctx, "buffer", None)
+                    self._node_failed(span, unit, run, buffer, result)
             return result
 
     def _trace_attempts(self, node_impl: Any, node_id: str, unit: UnitScope) -> Any:
@@ -279,11 +281,10 @@ class _Hooks:
 
         return restore
 
-    def _node_failed(self, span: Span, unit: UnitScope, run: RunScope | None, ctx: Any, result: Any) -> None:
+    def _node_failed(self, span: Span, unit: UnitScope, run: RunScope | None, buffer: Any, result: Any) -> None:
         error = str(getattr(result, "error", "") or "node failed")
         memory = None
         with _guard("buffer snapshot"):
-            buffer = getattr(ctx, "buffer", None)
             memory = snapshot(buffer.read_all()) if buffer is not None else None
         if unit.exception is not None:
             kind, error_type, message = FailureKind.EXCEPTION, qualified_name(unit.exception), str(unit.exception)
