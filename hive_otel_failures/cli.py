@@ -186,5 +186,16 @@ def resolve(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerpri
     out.print(f"resolved {result.fingerprint}: {result.resolution}")
 
 
+@app.command()
+def demo(db: Db = None) -> None:
+    """Run real Hive agents (a scripted LLM: no key, no network) that fail, and show what the index learnt."""
+    try:
+        from .instrumentation.demo import main as run_demo
+    except ImportError as exc:
+        err.print(f"[red]error:[/red] the demo needs Hive: pip install 'hive-otel-failures[hive]' ({exc})")
+        raise typer.Exit(2) from None
+    run_demo(db)
+
+
 def main() -> None:
     app()

@@ -1,7 +1,7 @@
 """Real aden-hive runs that fail for real, offline.
 
-FAKES (named as such, for what cannot exist here): ``ScriptedLLM`` stands in for an LLM
-provider (no network, no key), ``failing_tool`` for a remote tool that refuses, and
+FAKES (named as such, for what cannot exist here): ``ScriptedLLM`` (from the package's demo)
+stands in for an LLM provider (no network, no key), ``failing_tool`` for a remote tool, and
 ``aden_tools_stand_in`` for the ``aden-hive[tools]`` extra that ``Worker.run`` imports.
 Everything else is Hive's own code.
 """
@@ -21,8 +21,7 @@ from framework.agent_loop.agent_loop import AgentLoop
 from framework.agent_loop.internals.types import JudgeVerdict, LoopConfig
 from framework.agent_loop.types import AgentContext, AgentSpec
 from framework.host.event_bus import EventBus
-from framework.llm.provider import LLMProvider, LLMResponse, Tool, ToolResult, ToolUse
-from framework.llm.stream_events import FinishEvent, TextDeltaEvent, TextEndEvent, ToolCallEvent
+from framework.llm.provider import LLMProvider, Tool, ToolResult, ToolUse
 from framework.orchestrator.edge import EdgeCondition, EdgeSpec, GraphSpec
 from framework.orchestrator.goal import Constraint, Goal, SuccessCriterion
 from framework.orchestrator.node import NodeContext, NodeProtocol, NodeResult, NodeSpec
@@ -31,33 +30,9 @@ from framework.tracker.decision_tracker import DecisionTracker
 from framework.tracker.runtime_log_store import RuntimeLogStore
 from framework.tracker.runtime_logger import RuntimeLogger
 
+from hive_otel_failures.instrumentation.demo import ScriptedLLM  # the one FAKE LLM, shared with the demo
+
 TOOL_LOG = logging.getLogger("tests.tool")
-
-
-class ScriptedLLM(LLMProvider):
-    """FAKE LLM: replays steps, one per stream() call: ("text", s) | ("tool", name, input) | ("raise", exc)."""
-
-    def __init__(self, steps: list[tuple], model: str = "scripted/mock-1") -> None:
-        self.model = model
-        self.steps = list(steps)
-        self.calls = 0
-
-    def complete(self, messages, system="", tools=None, max_tokens=None, response_format=None, json_mode=False,
-                 max_retries=None):
-        return LLMResponse(content="(scripted)", model=self.model, stop_reason="stop")
-
-    async def stream(self, messages, system="", tools=None, max_tokens=None, system_dynamic_suffix=None):
-        self.calls += 1
-        step = self.steps.pop(0) if self.steps else ("text", f"(script exhausted, call {self.calls})")
-        if step[0] == "raise":
-            raise step[1]
-        if step[0] == "tool":
-            yield ToolCallEvent(tool_use_id=f"tu_{self.calls}", tool_name=step[1], tool_input=step[2])
-            yield FinishEvent(stop_reason="tool_use", input_tokens=10, output_tokens=5, model=self.model)
-            return
-        yield TextDeltaEvent(content=step[1], snapshot=step[1])
-        yield TextEndEvent(full_text=step[1])
-        yield FinishEvent(stop_reason="end_turn", input_tokens=10, output_tokens=5, model=self.model)
 
 
 FLAKY_TOOL = Tool(name="flaky_tool", description="Fetches a record.",
