@@ -8,6 +8,7 @@ IDs are never touched: a key named ``*_id``/``id`` keeps its value verbatim.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -65,9 +66,22 @@ class Limits:
         return cls()
 
 
+# Every secret pattern contains one of these (lower-cased); most text contains none, and
+# substring checks are far cheaper than the regex.
+_SECRET_HINTS = ("sk-", "pk-", "rk-", "bearer", "basic ", "akia", "asia", "aws_secret", "eyj", "ghp_", "gho_",
+                 "ghu_", "ghs_", "ghr_", "github_pat", "xox", "aiza", "pass", "secret", "token", "api", "://",
+                 "private key")
+_SHORTEST_SECRET = 8
+
+
 def redact_text(text: str) -> str:
     """Replace secret-looking substrings (keys, bearer tokens, JWTs, private keys) in text."""
-    if "PRIVATE KEY" in text:
+    if len(text) < _SHORTEST_SECRET:
+        return text
+    lowered = text.lower()
+    if not any(hint in lowered for hint in _SECRET_HINTS):
+        return text
+    if "private key" in lowered:
         text = _PRIVATE_KEY.sub(REDACTED, text)
     return _ANY_SECRET.sub(REDACTED, text)
 
@@ -103,8 +117,14 @@ def _safe_repr(value: Any) -> str:
         return f"<unrepresentable {type(value).__qualname__}>"
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key)) and not _ID_KEY.search(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_id_key(key: str) -> bool:
+    return bool(_ID_KEY.search(key))
 
 
 class _Sanitizer:
@@ -119,7 +139,7 @@ class _Sanitizer:
             return value if math.isfinite(value) else str(value)
         if isinstance(value, str):
             value = _valid_utf8(value)
-            if key is not None and _ID_KEY.search(key):
+            if key is not None and _is_id_key(key):
                 return value
             return _cap_text(redact_text(value), self.limits.max_string_chars)
         if isinstance(value, bytes | bytearray | memoryview):

@@ -24,6 +24,8 @@ def record_failure(record: FailureRecord, span: Span | None = None) -> FailureRe
     global _warned
     try:
         span = span if span is not None else trace.get_current_span()
+        if not span.is_recording():  # nobody will see it: do no work (OTel convention)
+            return record
         ctx = span.get_span_context()
         update = {}
         if ctx.is_valid:

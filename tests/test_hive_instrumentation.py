@@ -291,28 +291,38 @@ def _result_shape(result) -> tuple:
     return (result.success, result.error, result.path, result.total_retries, result.nodes_with_failures)
 
 
-def test_a_failure_inside_the_instrumentation_leaves_hives_result_unchanged(
+def test_an_unwritable_index_leaves_hives_result_unchanged(tmp_path: Path) -> None:
+    graph, registry = hs.raising_graph()
+    baseline = _result_shape(run(hs.run_graph(tmp_path / "plain", "session_P", graph, registry)))
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the index directory should be")
+    h = Hive(tmp_path, db=blocker / "failures.db")
+    try:
+        graph, registry = hs.raising_graph()
+        assert _result_shape(run(hs.run_graph(h.work, "session_P", graph, registry))) == baseline
+        assert h.processor.force_flush(10_000)
+        assert h.processor.stats().errors >= 1  # counted, not raised
+    finally:
+        h.close()
+
+
+def test_a_bug_inside_the_instrumentation_leaves_hives_result_unchanged(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     graph, registry = hs.raising_graph()
     baseline = _result_shape(run(hs.run_graph(tmp_path / "plain", "session_P", graph, registry)))
 
-    blocker = tmp_path / "not_a_dir"
-    blocker.write_text("a file where the index directory should be")
-    h = Hive(tmp_path, db=blocker / "failures.db")  # an index that cannot be written
-    def broken_snapshot(value):
+    def broken(value):
         raise RuntimeError("instrumentation bug")
 
-    monkeypatch.setattr("hive_otel_failures.instrumentation.snapshot", broken_snapshot)
+    h = Hive(tmp_path)
+    monkeypatch.setattr("hive_otel_failures.instrumentation.scopes.version_of", broken)  # on the way in
+    monkeypatch.setattr("hive_otel_failures.instrumentation.scopes.UnitScope.classify", broken)  # on the way out
     try:
         graph, registry = hs.raising_graph()
         with caplog.at_level(logging.WARNING, logger="hive_otel_failures.instrumentation"):
-            result = run(hs.run_graph(h.work, "session_P", graph, registry))
-        assert _result_shape(result) == baseline
-        with hs.aden_tools_stand_in():
-            worker = run(hs.run_colony(h.work, hs.ScriptedLLM(hs.doom_loop_steps())))
-        assert worker.status == "failed"
-        assert h.processor.force_flush(10_000)
-        assert h.processor.stats().errors >= 1  # the unwritable index was counted, not raised
+            assert _result_shape(run(hs.run_graph(h.work, "session_P", graph, registry))) == baseline
+            with hs.aden_tools_stand_in():
+                assert run(hs.run_colony(h.work, hs.ScriptedLLM(hs.doom_loop_steps()))).status == "failed"
     finally:
         h.close()
     assert any("instrumentation slip" in r.getMessage() for r in caplog.records)  # logged, not raised

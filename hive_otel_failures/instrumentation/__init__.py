@@ -29,11 +29,12 @@ from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format
 from wrapt import wrap_function_wrapper
 
 from .. import semconv
+from ..export import export_content_enabled
 from ..record import FailureKind, JudgeFeedback, RunOutcome, ToolCallAttempt
 from ..scrub import safe_text
 from ..spans import record_failure, record_run
 from .package import _instruments
-from .scopes import RunScope, UnitScope, current_run, current_unit, qualified_name, snapshot, version_of
+from .scopes import Definition, RunScope, UnitScope, current_run, current_unit, qualified_name
 
 _log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ _HOOKS: tuple[tuple[str, str, str], ...] = (
     ("framework.host.stream_runtime", "StreamDecisionTracker", "start_run"),
 )
 _FAILED_WORKER_STATUSES = {"failed": FailureKind.WORKER_FAILED, "timeout": FailureKind.TIMEOUT}
+_OBSERVED = frozenset({"judge_verdict", "subagent_report", "node_stalled", "node_tool_doom_loop",
+                       "escalation_requested", "stream_inactive", "stream_ttft_exceeded", "node_retry"})
 _SIGNAL_EVENTS = {  # EventType value -> (span event name, FailureKind signal or None, data key)
     "node_stalled": (semconv.EVENT_STALLED, FailureKind.STALLED, "reason"),
     "node_tool_doom_loop": (semconv.EVENT_DOOM_LOOP, FailureKind.DOOM_LOOP, "description"),
@@ -107,6 +110,12 @@ def _bind_hive_logs(span: Span) -> Iterator[None]:
                 _hive_trace_context().reset(token)
 
 
+def _record(span: Span, unit: UnitScope, **fields: Any) -> None:
+    """Build the unit's FailureRecord and put it on the span, unless nobody records the span."""
+    if span.is_recording():
+        record_failure(unit.failure(**fields), span)
+
+
 def _fail_span(span: Span, error_type: str, message: str) -> None:
     span.set_attribute(semconv.ERROR_TYPE, error_type)
     span.set_status(Status(StatusCode.ERROR, message[:512]))
@@ -127,9 +136,9 @@ def _agent_info(ctx: Any) -> dict[str, Any]:
     }
 
 
-def _agent_snapshot(info: dict[str, Any]) -> Any:
+def _agent_definition(info: dict[str, Any]) -> Definition | None:
     spec = info["spec"]
-    return snapshot({"agent_spec": spec, "model": info["model"]}) if spec is not None else None
+    return Definition({"agent_spec": spec, "model": info["model"]}) if spec is not None else None
 
 
 def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +161,7 @@ class _Hooks:
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
+        self.export_content = export_content_enabled()  # tool arguments on spans only when opted in
 
     # --- graph path --------------------------------------------------------------------------
     async def orchestrator_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -159,16 +169,16 @@ class _Hooks:
         goal = args[1] if len(args) > 1 else kwargs.get("goal")
         run = None
         with _guard("workflow start"):
-            graph_snapshot = snapshot({"graph": graph, "goal": goal})
+            definition = Definition({"graph": graph, "goal": goal})
             session_id = ""
             getter = getattr(instance, "_get_runtime_log_session_id", None)
             if callable(getter):
                 session_id = getter() or ""
             session_id = session_id or str(getattr(instance, "_execution_id", "") or getattr(instance, "_run_id", ""))
-            run = RunScope(agent_id=str(getattr(graph, "id", "graph")), session_id=session_id,
-                           graph_snapshot=graph_snapshot, agent_version=version_of(graph_snapshot))
+            run = RunScope(agent_id=str(getattr(graph, "id", "graph")), session_id=session_id, definition=definition)
         name = run.agent_id if run else "graph"
-        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_WORKFLOW} {name}") as span:
+        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_WORKFLOW} {name}", record_exception=False,
+                                               set_status_on_exception=False) as span:
             token = current_run.set(run) if run else None
             with _guard("workflow attributes"):
                 if run:
@@ -177,7 +187,7 @@ class _Hooks:
                                          semconv.GEN_AI_AGENT_NAME: str(getattr(graph, "name", "") or run.agent_id),
                                          semconv.GEN_AI_CONVERSATION_ID: run.session_id,
                                          semconv.HIVE_SESSION_ID: run.session_id,
-                                         semconv.HIVE_AGENT_VERSION: run.agent_version})
+                                         semconv.HIVE_AGENT_VERSION: run.definition.version})
             try:
                 result = await wrapped(*args, **kwargs)
             except BaseException as exc:
@@ -199,15 +209,15 @@ class _Hooks:
             error = str(exc) if exc is not None else str(getattr(result, "error", "") or "execution failed")
             if run.failures == 0:  # failed before or outside any node (invalid graph, missing tools)
                 unit = UnitScope(agent_id=run.agent_id, node_id=None, session_id=run.session_id,
-                                 agent_version=run.agent_version, graph_snapshot=run.graph_snapshot, exception=exc)
+                                 definition=run.definition, exception=exc)
                 error_type = qualified_name(exc) if exc is not None else "hive.execution_failed"
-                record_failure(unit.failure(kind=FailureKind.EXCEPTION, error_type=error_type,
-                                            error_message=error), span)
+                _record(span, unit, kind=FailureKind.EXCEPTION, error_type=error_type,
+                        error_message=error)
                 run.failures += 1
                 run.first_error_type = run.first_error_type or error_type
             _fail_span(span, run.first_error_type or "hive.execution_failed", error)
         quality = getattr(result, "execution_quality", None) if result is not None else "failed"
-        record_run(RunOutcome(session_id=run.session_id, agent_id=run.agent_id, agent_version=run.agent_version,
+        record_run(RunOutcome(session_id=run.session_id, agent_id=run.agent_id, agent_version=run.definition.version,
                               success=success, quality=str(quality) if quality else None,
                               failures=run.failures), span)
 
@@ -217,12 +227,10 @@ class _Hooks:
         run = current_run.get()
         node_id = str(getattr(ctx, "node_id", None) or getattr(getattr(instance, "node_spec", None), "id", "node"))
         unit = UnitScope(agent_id=run.agent_id if run else None, node_id=node_id,
-                         session_id=run.session_id if run else None,
-                         agent_version=run.agent_version if run else None,
-                         graph_snapshot=run.graph_snapshot if run else None)
-        with _guard("node start"):
-            unit.input_context = snapshot(getattr(ctx, "input_data", None))
-        with self.tracer.start_as_current_span(f"hive.node {node_id}") as span:
+                         session_id=run.session_id if run else None, definition=run.definition if run else None,
+                         input_context=getattr(ctx, "input_data", None))
+        with self.tracer.start_as_current_span(f"hive.node {node_id}", record_exception=False,
+                                               set_status_on_exception=False) as span:
             span.set_attribute(semconv.HIVE_NODE_ID, node_id)
             if run:
                 span.set_attribute(semconv.GEN_AI_AGENT_ID, run.agent_id)
@@ -285,15 +293,15 @@ class _Hooks:
         error = str(getattr(result, "error", "") or "node failed")
         memory = None
         with _guard("buffer snapshot"):
-            memory = snapshot(buffer.read_all()) if buffer is not None else None
+            memory = buffer.read_all() if buffer is not None else None
         if unit.exception is not None:
             kind, error_type, message = FailureKind.EXCEPTION, qualified_name(unit.exception), str(unit.exception)
         else:
             signal = unit.classify()
             kind, message = signal if signal else (FailureKind.NODE_FAILED, error)
             error_type = f"hive.{kind.value}"
-        record_failure(unit.failure(kind=kind, error_type=error_type, error_message=message or error,
-                                    memory_snapshot=memory), span)
+        _record(span, unit, kind=kind, error_type=error_type, error_message=message or error,
+                memory_snapshot=memory)
         if run is not None:
             run.failures += 1
             run.first_error_type = run.first_error_type or error_type
@@ -305,14 +313,13 @@ class _Hooks:
             ctx = getattr(instance, "_context", None)
             info = _agent_info(ctx)
             info["session_id"] = info["session_id"] or str(getattr(instance, "id", ""))
-            agent_snapshot = _agent_snapshot(info)
             unit = UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
-                             graph_snapshot=agent_snapshot,
-                             agent_version=version_of(agent_snapshot) if agent_snapshot else None,
-                             input_context=snapshot({"task": getattr(instance, "task", None),
-                                                     "input_data": getattr(ctx, "input_data", None)}))
+                             definition=_agent_definition(info),
+                             input_context={"task": getattr(instance, "task", None),
+                                            "input_data": getattr(ctx, "input_data", None)})
         name = (info or {}).get("name") or "worker"
-        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {name}") as span:
+        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {name}", record_exception=False,
+                                               set_status_on_exception=False) as span:
             with _guard("worker attributes"):
                 span.set_attributes(_agent_attributes(info or {}))
                 span.set_attribute("hive.worker.id", str(getattr(instance, "id", "")))
@@ -323,9 +330,11 @@ class _Hooks:
             except BaseException as exc:
                 with _guard("worker crashed"):
                     if unit and not isinstance(exc, asyncio.CancelledError):
+                        if unit.exception is not exc:  # crashed outside the loop: no inner span has it
+                            span.record_exception(exc)
                         unit.exception = exc
-                        record_failure(unit.failure(kind=FailureKind.WORKER_CRASHED, error_type=qualified_name(exc),
-                                                    error_message=str(exc)), span)
+                        _record(span, unit, kind=FailureKind.WORKER_CRASHED, error_type=qualified_name(exc),
+                                error_message=str(exc))
                         self._run_outcome(span, unit, success=False, quality="crashed", failures=1)
                 raise
             finally:
@@ -353,7 +362,7 @@ class _Hooks:
             message = f"{reason}; {message}" if reason and reason not in message else message
         else:
             kind, error_type = failed_kind, f"hive.{failed_kind.value}"
-        record_failure(unit.failure(kind=kind, error_type=error_type, error_message=message), span)
+        _record(span, unit, kind=kind, error_type=error_type, error_message=message)
         self._run_outcome(span, unit, success=False, quality=status, failures=1)
 
     def _run_outcome(self, span: Span, unit: UnitScope, *, success: bool, quality: str | None, failures: int) -> None:
@@ -367,12 +376,9 @@ class _Hooks:
         with _guard("loop start"):
             info = _agent_info(args[0] if args else kwargs.get("ctx"))
             if current_unit.get() is None:  # nothing encloses this loop: it owns its failures
-                agent_snapshot = _agent_snapshot(info)
                 owner = UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
-                                  graph_snapshot=agent_snapshot,
-                                  agent_version=version_of(agent_snapshot) if agent_snapshot else None,
-                                  input_context=snapshot(getattr(args[0] if args else kwargs.get("ctx"),
-                                                                 "input_data", None)))
+                                  definition=_agent_definition(info),
+                                  input_context=getattr(args[0] if args else kwargs.get("ctx"), "input_data", None))
         with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}") as span:
             with _guard("loop attributes"):
                 span.set_attributes(_agent_attributes(info))
@@ -388,8 +394,8 @@ class _Hooks:
                             unit.exception = exc
                         _fail_span(span, qualified_name(exc), str(exc))
                         if owner:
-                            record_failure(owner.failure(kind=FailureKind.EXCEPTION, error_type=qualified_name(exc),
-                                                         error_message=str(exc)), span)
+                            _record(span, owner, kind=FailureKind.EXCEPTION, error_type=qualified_name(exc),
+                                    error_message=str(exc))
                             self._run_outcome(span, owner, success=False, quality="crashed", failures=1)
                 raise
             finally:
@@ -419,7 +425,7 @@ class _Hooks:
         error_type = f"hive.{kind.value}"
         _fail_span(span, error_type, message)
         if owner:
-            record_failure(owner.failure(kind=kind, error_type=error_type, error_message=message), span)
+            _record(span, owner, kind=kind, error_type=error_type, error_message=message)
             self._run_outcome(span, owner, success=False, quality=str(exit_reason or "failed"), failures=1)
 
     async def execute_tool(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -429,8 +435,9 @@ class _Hooks:
             with _guard("tool attributes"):
                 span.set_attributes({semconv.GEN_AI_OPERATION_NAME: semconv.OP_EXECUTE_TOOL,
                                      semconv.GEN_AI_TOOL_NAME: name,
-                                     semconv.GEN_AI_TOOL_CALL_ID: str(getattr(tc, "tool_use_id", "") or ""),
-                                     semconv.GEN_AI_TOOL_CALL_ARGUMENTS: safe_text(getattr(tc, "tool_input", None))})
+                                     semconv.GEN_AI_TOOL_CALL_ID: str(getattr(tc, "tool_use_id", "") or "")})
+                if self.export_content:
+                    span.set_attribute(semconv.GEN_AI_TOOL_CALL_ARGUMENTS, safe_text(getattr(tc, "tool_input", None)))
             try:
                 with _bind_hive_logs(span):
                     result = await wrapped(*args, **kwargs)
@@ -451,7 +458,7 @@ class _Hooks:
     def _note_tool(tc: Any, name: str, content: Any, is_error: bool) -> None:
         unit = current_unit.get()
         if unit is not None:
-            unit.add_tool_call(ToolCallAttempt(tool_name=name, arguments=snapshot(getattr(tc, "tool_input", None)),
+            unit.add_tool_call(ToolCallAttempt(tool_name=name, arguments=getattr(tc, "tool_input", None),
                                                result=safe_text(content) if content is not None else None,
                                                is_error=is_error))
 
@@ -471,10 +478,13 @@ class _Hooks:
         return verdict
 
     # --- the EventBus tap and Hive's own trace ids ---------------------------------------------
-    async def publish(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    def publish(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        """Observe, then hand Hive its own coroutine: no extra await layer on the agent loop."""
         with _guard("event"):
-            self._observe(args[0] if args else kwargs.get("event"))
-        return await wrapped(*args, **kwargs)
+            event = args[0] if args else kwargs.get("event")
+            if getattr(getattr(event, "type", None), "value", None) in _OBSERVED:
+                self._observe(event)
+        return wrapped(*args, **kwargs)
 
     @staticmethod
     def _observe(event: Any) -> None:

@@ -16,9 +16,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..record import FailureKind, FailureRecord, JudgeFeedback, ToolCallAttempt
-from ..scrub import Limits, sanitize
 
 _MAX_ITEMS = 50  # judge verdicts / tool calls kept per unit; the newest win
+
+
+class Definition:
+    """An agent definition (GraphSpec + Goal, or AgentSpec + model) and its version hash.
+
+    Every run needs the version; only a failure turns the parts into a (scrubbed) snapshot,
+    which record preparation does once.
+    """
+
+    def __init__(self, parts: dict[str, Any]) -> None:
+        self.parts = parts
+        self.version = version_of(parts)
 
 
 @dataclass
@@ -27,8 +38,7 @@ class RunScope:
 
     agent_id: str
     session_id: str
-    graph_snapshot: Any
-    agent_version: str
+    definition: Definition
     failures: int = 0
     first_error_type: str | None = None
 
@@ -40,8 +50,7 @@ class UnitScope:
     agent_id: str | None
     node_id: str | None
     session_id: str | None
-    agent_version: str | None = None
-    graph_snapshot: Any = None
+    definition: Definition | None = None
     input_context: Any = None
     attempts: int = 0
     judge: list[JudgeFeedback] = field(default_factory=list)
@@ -58,7 +67,7 @@ class UnitScope:
 
     def failure(self, *, kind: FailureKind, error_type: str, error_message: str,
                 memory_snapshot: Any = None, attempts: int | None = None) -> FailureRecord:
-        """The FailureRecord for what this unit saw; the caller puts it on a span."""
+        """The FailureRecord for what this unit saw (raw values: record_failure scrubs them once)."""
         tb = None
         if self.exception is not None and self.exception.__traceback__ is not None:
             tb = "".join(traceback.format_exception(self.exception))
@@ -67,8 +76,13 @@ class UnitScope:
             error_type=error_type, error_message=error_message, traceback=tb,
             attempts=attempts if attempts is not None else max(1, self.attempts),
             judge_feedback=list(self.judge), input_context=self.input_context, memory_snapshot=memory_snapshot,
-            graph_snapshot=self.graph_snapshot, tool_calls=list(self.tool_calls), agent_version=self.agent_version,
+            graph_snapshot=self.definition.parts if self.definition else None, tool_calls=list(self.tool_calls),
+            agent_version=self.agent_version,
         )
+
+    @property
+    def agent_version(self) -> str | None:
+        return self.definition.version if self.definition else None
 
     def classify(self) -> tuple[FailureKind, str] | None:
         """The failure kind the signals point to (most specific first), with Hive's reason."""
@@ -89,12 +103,14 @@ def qualified_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def snapshot(value: Any) -> Any:
-    """A JSON-safe, scrubbed view of a Hive model (GraphSpec, AgentSpec, Goal)."""
-    return sanitize(value, Limits.from_env())
+def _canonical(value: Any) -> Any:
+    dump = getattr(value, "model_dump_json", None)
+    if callable(dump):
+        return dump()  # pydantic's own serialiser: fast, and stable for the same definition
+    return value
 
 
-def version_of(snapshot_value: Any) -> str:
+def version_of(parts: dict[str, Any]) -> str:
     """Implicit agent version: a short hash of the agent definition, for when Hive gives none."""
-    text = json.dumps(snapshot_value, sort_keys=True, ensure_ascii=False, default=str)
+    text = json.dumps({k: _canonical(v) for k, v in parts.items()}, sort_keys=True, ensure_ascii=False, default=str)
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:12]
