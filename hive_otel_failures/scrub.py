@@ -72,22 +72,24 @@ _SECRET_HINTS = ("sk-", "pk-", "rk-", "bearer", "basic ", "akia", "asia", "aws_s
                  "ghu_", "ghs_", "ghr_", "github_pat", "xox", "aiza", "pass", "secret", "token", "api", "://",
                  "private key")
 _SHORTEST_SECRET = 8
+_HINT = re.compile("|".join(re.escape(h) for h in _SECRET_HINTS), re.IGNORECASE)
 
 
 def redact_text(text: str) -> str:
     """Replace secret-looking substrings (keys, bearer tokens, JWTs, private keys) in text."""
     if len(text) < _SHORTEST_SECRET:
         return text
-    lowered = text.lower()
-    if not any(hint in lowered for hint in _SECRET_HINTS):
+    if not _HINT.search(text):
         return text
-    if "private key" in lowered:
+    if "PRIVATE KEY" in text:
         text = _PRIVATE_KEY.sub(REDACTED, text)
     return _ANY_SECRET.sub(REDACTED, text)
 
 
 def _valid_utf8(text: str) -> str:
     # Lone surrogates (from undecodable bytes) would make SQLite and protobuf raise.
+    if text.isascii():
+        return text
     return text.encode("utf-8", "replace").decode("utf-8")
 
 

@@ -34,7 +34,7 @@ from ..record import FailureKind, JudgeFeedback, RunOutcome, ToolCallAttempt
 from ..scrub import safe_text
 from ..spans import record_failure, record_run
 from .package import _instruments
-from .scopes import Definition, RunScope, UnitScope, current_run, current_unit, qualified_name
+from .scopes import Definition, RunScope, UnitScope, current_run, current_unit, format_traceback, qualified_name
 
 _log = logging.getLogger(__name__)
 
@@ -114,6 +114,13 @@ def _record(span: Span, unit: UnitScope, **fields: Any) -> None:
     """Build the unit's FailureRecord and put it on the span, unless nobody records the span."""
     if span.is_recording():
         record_failure(unit.failure(**fields), span)
+
+
+def _record_exception(span: Span, exc: BaseException) -> None:
+    """The standard ``exception`` span event, with the traceback formatted once (see format_traceback)."""
+    if span.is_recording():
+        span.add_event("exception", {"exception.type": qualified_name(exc), "exception.message": str(exc),
+                                     "exception.stacktrace": format_traceback(exc)})
 
 
 def _fail_span(span: Span, error_type: str, message: str) -> None:
@@ -261,12 +268,14 @@ class _Hooks:
 
         async def execute(ctx: Any) -> Any:
             unit.attempts += 1
-            with tracer.start_as_current_span(f"hive.node.attempt {node_id}") as span:
+            with tracer.start_as_current_span(f"hive.node.attempt {node_id}", record_exception=False,
+                                              set_status_on_exception=False) as span:
                 span.set_attributes({semconv.HIVE_NODE_ID: node_id, semconv.HIVE_NODE_ATTEMPT: unit.attempts})
                 try:
                     result = await original(ctx)
                 except Exception as exc:
                     unit.exception = exc
+                    _record_exception(span, exc)
                     _fail_span(span, qualified_name(exc), str(exc))
                     raise
                 if not getattr(result, "success", True):
@@ -331,7 +340,7 @@ class _Hooks:
                 with _guard("worker crashed"):
                     if unit and not isinstance(exc, asyncio.CancelledError):
                         if unit.exception is not exc:  # crashed outside the loop: no inner span has it
-                            span.record_exception(exc)
+                            _record_exception(span, exc)
                         unit.exception = exc
                         _record(span, unit, kind=FailureKind.WORKER_CRASHED, error_type=qualified_name(exc),
                                 error_message=str(exc))
@@ -379,7 +388,8 @@ class _Hooks:
                 owner = UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
                                   definition=_agent_definition(info),
                                   input_context=getattr(args[0] if args else kwargs.get("ctx"), "input_data", None))
-        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}") as span:
+        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}",
+                                               record_exception=False, set_status_on_exception=False) as span:
             with _guard("loop attributes"):
                 span.set_attributes(_agent_attributes(info))
             token = current_unit.set(owner) if owner else None
@@ -392,6 +402,7 @@ class _Hooks:
                         unit = owner or current_unit.get()
                         if unit is not None:
                             unit.exception = exc
+                        _record_exception(span, exc)
                         _fail_span(span, qualified_name(exc), str(exc))
                         if owner:
                             _record(span, owner, kind=FailureKind.EXCEPTION, error_type=qualified_name(exc),
@@ -431,7 +442,8 @@ class _Hooks:
     async def execute_tool(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         tc = args[0] if args else kwargs.get("tc")
         name = str(getattr(tc, "tool_name", "tool"))
-        with self.tracer.start_as_current_span(f"{semconv.OP_EXECUTE_TOOL} {name}") as span:
+        with self.tracer.start_as_current_span(f"{semconv.OP_EXECUTE_TOOL} {name}", record_exception=False,
+                                               set_status_on_exception=False) as span:
             with _guard("tool attributes"):
                 span.set_attributes({semconv.GEN_AI_OPERATION_NAME: semconv.OP_EXECUTE_TOOL,
                                      semconv.GEN_AI_TOOL_NAME: name,
@@ -443,6 +455,7 @@ class _Hooks:
                     result = await wrapped(*args, **kwargs)
             except Exception as exc:
                 with _guard("tool raised"):
+                    _record_exception(span, exc)
                     _fail_span(span, qualified_name(exc), str(exc))
                     self._note_tool(tc, name, str(exc), True)
                 raise

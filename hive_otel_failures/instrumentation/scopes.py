@@ -68,9 +68,7 @@ class UnitScope:
     def failure(self, *, kind: FailureKind, error_type: str, error_message: str,
                 memory_snapshot: Any = None, attempts: int | None = None) -> FailureRecord:
         """The FailureRecord for what this unit saw (raw values: record_failure scrubs them once)."""
-        tb = None
-        if self.exception is not None and self.exception.__traceback__ is not None:
-            tb = "".join(traceback.format_exception(self.exception))
+        tb = format_traceback(self.exception) if self.exception is not None else None
         return FailureRecord(
             session_id=self.session_id, agent_id=self.agent_id, node_id=self.node_id, kind=kind,
             error_type=error_type, error_message=error_message, traceback=tb,
@@ -95,6 +93,29 @@ class UnitScope:
 
 current_run: ContextVar[RunScope | None] = ContextVar("hive_otel_failures_run", default=None)
 current_unit: ContextVar[UnitScope | None] = ContextVar("hive_otel_failures_unit", default=None)
+
+
+_TRACEBACKS: dict[int, tuple[BaseException, str]] = {}  # the last few exceptions seen, formatted once
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The exception's traceback, formatted once however many spans and records need it.
+
+    Frames are listed as traceback.format_exception lists them, without Python 3.11's
+    column carets: finding those scans each frame's code object, and Hive's agent loop
+    functions are thousands of lines long (milliseconds per crash).
+    """
+    cached = _TRACEBACKS.get(id(exc))
+    if cached is not None and cached[0] is exc:
+        return cached[1]
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__)).format()
+    lines += traceback.format_exception_only(type(exc), exc)
+    text = "".join(lines)
+    if len(_TRACEBACKS) >= 16:
+        _TRACEBACKS.pop(next(iter(_TRACEBACKS)))
+    _TRACEBACKS[id(exc)] = (exc, text)
+    return text
 
 
 def qualified_name(exc: BaseException) -> str:
