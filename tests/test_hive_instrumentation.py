@@ -260,7 +260,7 @@ def test_colony_log_line_inside_a_tool_carries_the_span_ids(hive: Hive) -> None:
     tools = sorted((s for s in hive.spans() if s.name == "execute_tool flaky_tool"), key=lambda s: s.start_time)
     logged = [json.loads(line) for line in lines]
     assert len(logged) == len(tools) == 3
-    for line, span in zip(logged, tools):
+    for line, span in zip(logged, tools, strict=False):
         assert line["trace_id"] == f"{span.context.trace_id:032x}"
         assert line["span_id"] == f"{span.context.span_id:016x}"
 

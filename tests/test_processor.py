@@ -33,7 +33,7 @@ def test_thousand_spans_hundred_failures_exactly_hundred_rows(pipeline: Pipeline
 
 
 def test_spans_without_failures_write_nothing(pipeline: Pipeline) -> None:
-    for i in range(50):
+    for _i in range(50):
         with pipeline.tracer.start_as_current_span("plain"):
             pass
     pipeline.flush()
@@ -45,7 +45,7 @@ def test_spans_without_failures_write_nothing(pipeline: Pipeline) -> None:
 
 def test_run_outcomes_become_rows_and_rates(pipeline: Pipeline) -> None:
     for i in range(4):
-        with pipeline.tracer.start_as_current_span("run") as span:
+        with pipeline.tracer.start_as_current_span("run"):
             failed = i == 0
             if failed:
                 hof.record_failure(hof.FailureRecord(agent_id="a", session_id="s0", error_message="x"))

@@ -17,6 +17,7 @@ Wrappers only build records and add span events; the index processor does all I/
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from collections.abc import Collection
 from contextlib import contextmanager
@@ -63,12 +64,9 @@ _SIGNAL_EVENTS = {  # EventType value -> (span event name, FailureKind signal or
 }
 
 
-def _guard(what: str) -> Any:
+class _guard:  # noqa: N801 - used like a function: ``with _guard("what"):``
     """Run our own bookkeeping without ever raising into Hive; log each kind of slip once."""
-    return _Guard(what)
 
-
-class _Guard:
     _seen: set[str] = set()
 
     def __init__(self, what: str) -> None:
@@ -78,7 +76,7 @@ class _Guard:
         return None
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if exc is not None and isinstance(exc, Exception):
+        if isinstance(exc, Exception):
             if self.what not in self._seen:
                 self._seen.add(self.what)
                 _log.warning("hive-failures: instrumentation slip in %s (Hive continues)", self.what, exc_info=exc)
@@ -108,6 +106,21 @@ def _bind_hive_logs(span: Span) -> Iterator[None]:
         if token is not None:
             with _guard("log context reset"):
                 _hive_trace_context().reset(token)
+
+
+@contextmanager
+def _running(span: Span, unit: UnitScope | None, *, bind_logs: bool = True) -> Iterator[None]:
+    """While Hive runs inside ``span``: ``unit`` collects what happens, Hive's logs carry the span's ids."""
+    token = current_unit.set(unit) if unit is not None else None
+    try:
+        if bind_logs:
+            with _bind_hive_logs(span):
+                yield
+        else:
+            yield
+    finally:
+        if token is not None:
+            current_unit.reset(token)
 
 
 def _record(span: Span, unit: UnitScope, **fields: Any) -> None:
@@ -241,13 +254,12 @@ class _Hooks:
             span.set_attribute(semconv.HIVE_NODE_ID, node_id)
             if run:
                 span.set_attribute(semconv.GEN_AI_AGENT_ID, run.agent_id)
-            token = current_unit.set(unit)
             restore = self._trace_attempts(node_impl, node_id, unit)
             try:
-                result = await wrapped(*args, **kwargs)
+                with _running(span, unit, bind_logs=False):  # Hive sets its own log context on this path
+                    result = await wrapped(*args, **kwargs)
             finally:
                 restore()
-                current_unit.reset(token)
             with _guard("node end"):
                 if not getattr(result, "success", True):
                     # The whole data buffer (the node's ctx.buffer only shows its input keys).
@@ -332,9 +344,8 @@ class _Hooks:
             with _guard("worker attributes"):
                 span.set_attributes(_agent_attributes(info or {}))
                 span.set_attribute("hive.worker.id", str(getattr(instance, "id", "")))
-            token = current_unit.set(unit) if unit else None
             try:
-                with _bind_hive_logs(span):
+                with _running(span, unit):
                     result = await wrapped(*args, **kwargs)
             except BaseException as exc:
                 with _guard("worker crashed"):
@@ -346,9 +357,6 @@ class _Hooks:
                                 error_message=str(exc))
                         self._run_outcome(span, unit, success=False, quality="crashed", failures=1)
                 raise
-            finally:
-                if token is not None:
-                    current_unit.reset(token)
             with _guard("worker end"):
                 if unit:
                     self._worker_done(span, unit, result)
@@ -392,9 +400,8 @@ class _Hooks:
                                                record_exception=False, set_status_on_exception=False) as span:
             with _guard("loop attributes"):
                 span.set_attributes(_agent_attributes(info))
-            token = current_unit.set(owner) if owner else None
             try:
-                with _bind_hive_logs(span):
+                with _running(span, owner):
                     result = await wrapped(*args, **kwargs)
             except BaseException as exc:
                 with _guard("loop raised"):
@@ -409,9 +416,6 @@ class _Hooks:
                                     error_message=str(exc))
                             self._run_outcome(span, owner, success=False, quality="crashed", failures=1)
                 raise
-            finally:
-                if token is not None:
-                    current_unit.reset(token)
             with _guard("loop end"):
                 self._loop_done(span, owner, result)
             return result
@@ -451,7 +455,7 @@ class _Hooks:
                 if self.export_content:
                     span.set_attribute(semconv.GEN_AI_TOOL_CALL_ARGUMENTS, safe_text(getattr(tc, "tool_input", None)))
             try:
-                with _bind_hive_logs(span):
+                with _running(span, None):
                     result = await wrapped(*args, **kwargs)
             except Exception as exc:
                 with _guard("tool raised"):
@@ -568,8 +572,6 @@ class HiveInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             except (ImportError, AttributeError) as exc:
                 _log.info("hive-failures: hook %s.%s.%s not available in this Hive: %s", module, cls_name, method, exc)
                 continue
-            import importlib
-
             self._wrapped.append((getattr(importlib.import_module(module), cls_name), method))
 
     def _uninstrument(self, **kwargs: Any) -> None:
