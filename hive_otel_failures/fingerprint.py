@@ -8,6 +8,7 @@ versioned: changing these rules means a new ``FINGERPRINT_VERSION``, never silen
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import sys
@@ -51,6 +52,7 @@ def parameterize(message: str) -> str:
     return " ".join(message.split())
 
 
+@functools.lru_cache(maxsize=1024)
 def _module_of(path: str) -> str | None:
     """``pkg.module`` for an in-app source file, or None for stdlib/site-packages frames."""
     p = PurePath(path)

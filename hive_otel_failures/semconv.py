@@ -31,7 +31,6 @@ EVALUATION_SCORE_LABEL = "gen_ai.evaluation.score.label"
 EVALUATION_EXPLANATION = "gen_ai.evaluation.explanation"
 
 # --- Hive-specific span attributes --------------------------------------------------------
-HIVE_SESSION_ID = "hive.session.id"
 HIVE_COLONY_ID = "hive.colony.id"
 HIVE_NODE_ID = "hive.node.id"
 HIVE_NODE_ATTEMPT = "hive.node.attempt"

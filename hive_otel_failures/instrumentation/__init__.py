@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+from datetime import datetime, timezone
 from collections.abc import Collection
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
@@ -84,43 +84,31 @@ class _guard:  # noqa: N801 - used like a function: ``with _guard("what"):``
         return False
 
 
-def _hive_trace_context() -> Any:
-    from framework.observability import logging as hive_logging
+class _Running:
+    """While Hive runs inside ``span``: ``unit`` collects what happens, and Hive's JSON logs
+    carry the span's trace and span ids. A plain class: this is on every span's path."""
 
-    return hive_logging.trace_context
+    __slots__ = ("span", "unit", "log_context", "_unit_token", "_log_token")
 
+    def __init__(self, span: Span, unit: UnitScope | None, log_context: Any) -> None:
+        self.span, self.unit, self.log_context = span, unit, log_context
+        self._unit_token = self._log_token = None
 
-@contextmanager
-def _bind_hive_logs(span: Span) -> Iterator[None]:
-    """Put the span's trace and span ids into Hive's log context for the span's lifetime."""
-    token = None
-    with _guard("log context"):
-        ctx = span.get_span_context()
-        if ctx.is_valid:
-            var = _hive_trace_context()
-            token = var.set({**(var.get() or {}), "trace_id": format_trace_id(ctx.trace_id),
-                             "span_id": format_span_id(ctx.span_id)})
-    try:
-        yield
-    finally:
-        if token is not None:
-            with _guard("log context reset"):
-                _hive_trace_context().reset(token)
+    def __enter__(self) -> None:
+        if self.unit is not None:
+            self._unit_token = current_unit.set(self.unit)
+        if self.log_context is not None:
+            ctx = self.span.get_span_context()
+            if ctx.is_valid:
+                self._log_token = self.log_context.set({**(self.log_context.get() or {}),
+                                                        "trace_id": format_trace_id(ctx.trace_id),
+                                                        "span_id": format_span_id(ctx.span_id)})
 
-
-@contextmanager
-def _running(span: Span, unit: UnitScope | None, *, bind_logs: bool = True) -> Iterator[None]:
-    """While Hive runs inside ``span``: ``unit`` collects what happens, Hive's logs carry the span's ids."""
-    token = current_unit.set(unit) if unit is not None else None
-    try:
-        if bind_logs:
-            with _bind_hive_logs(span):
-                yield
-        else:
-            yield
-    finally:
-        if token is not None:
-            current_unit.reset(token)
+    def __exit__(self, *exc: Any) -> None:
+        if self._log_token is not None:
+            self.log_context.reset(self._log_token)
+        if self._unit_token is not None:
+            current_unit.reset(self._unit_token)
 
 
 def _record(span: Span, unit: UnitScope, **fields: Any) -> None:
@@ -167,7 +155,6 @@ def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
         semconv.GEN_AI_AGENT_ID: info["agent_id"],
         semconv.GEN_AI_AGENT_NAME: info["name"],
         semconv.GEN_AI_CONVERSATION_ID: info["session_id"],
-        semconv.HIVE_SESSION_ID: info["session_id"],
         semconv.HIVE_COLONY_ID: info["colony_id"],
         semconv.HIVE_STREAM_ID: info["stream_id"],
         semconv.HIVE_EXECUTION_ID: info["execution_id"],
@@ -176,12 +163,26 @@ def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) for k, v in attributes.items() if v not in (None, "")}
 
 
+def _hive_log_context() -> Any:
+    """Hive's log-context ContextVar (framework.observability), or None if this Hive has none."""
+    try:
+        from framework.observability import logging as hive_logging
+
+        return hive_logging.trace_context
+    except (ImportError, AttributeError):
+        return None
+
+
 class _Hooks:
     """The wrappers, bound to one tracer."""
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
         self.export_content = export_content_enabled()  # tool arguments on spans only when opted in
+        self.log_context = _hive_log_context()
+
+    def running(self, span: Span, unit: UnitScope | None, *, bind_logs: bool = True) -> _Running:
+        return _Running(span, unit, self.log_context if bind_logs else None)
 
     # --- graph path --------------------------------------------------------------------------
     async def orchestrator_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -206,7 +207,6 @@ class _Hooks:
                                          semconv.GEN_AI_AGENT_ID: run.agent_id,
                                          semconv.GEN_AI_AGENT_NAME: str(getattr(graph, "name", "") or run.agent_id),
                                          semconv.GEN_AI_CONVERSATION_ID: run.session_id,
-                                         semconv.HIVE_SESSION_ID: run.session_id,
                                          semconv.HIVE_AGENT_VERSION: run.definition.version})
             try:
                 result = await wrapped(*args, **kwargs)
@@ -256,7 +256,7 @@ class _Hooks:
                 span.set_attribute(semconv.GEN_AI_AGENT_ID, run.agent_id)
             restore = self._trace_attempts(node_impl, node_id, unit)
             try:
-                with _running(span, unit, bind_logs=False):  # Hive sets its own log context on this path
+                with self.running(span, unit, bind_logs=False):  # Hive sets its own log context on this path
                     result = await wrapped(*args, **kwargs)
             finally:
                 restore()
@@ -345,7 +345,7 @@ class _Hooks:
                 span.set_attributes(_agent_attributes(info or {}))
                 span.set_attribute("hive.worker.id", str(getattr(instance, "id", "")))
             try:
-                with _running(span, unit):
+                with self.running(span, unit):
                     result = await wrapped(*args, **kwargs)
             except BaseException as exc:
                 with _guard("worker crashed"):
@@ -383,9 +383,11 @@ class _Hooks:
         self._run_outcome(span, unit, success=False, quality=status, failures=1)
 
     def _run_outcome(self, span: Span, unit: UnitScope, *, success: bool, quality: str | None, failures: int) -> None:
-        if unit.session_id:
-            record_run(RunOutcome(session_id=unit.session_id, agent_id=unit.agent_id, agent_version=unit.agent_version,
-                                  success=success, quality=quality, failures=failures), span)
+        if unit.session_id and span.is_recording():
+            now = datetime.now(timezone.utc)  # start/end are read from the span by the processor
+            record_run(RunOutcome.model_construct(  # our own typed values: no re-validation
+                session_id=unit.session_id, agent_id=unit.agent_id, agent_version=unit.agent_version,
+                started_at=now, ended_at=now, success=success, quality=quality, failures=failures), span)
 
     async def agent_loop_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         info: dict[str, Any] = {}
@@ -396,12 +398,14 @@ class _Hooks:
                 owner = UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
                                   definition=_agent_definition(info),
                                   input_context=getattr(args[0] if args else kwargs.get("ctx"), "input_data", None))
+        attributes: dict[str, Any] = {}
+        with _guard("loop attributes"):
+            attributes = _agent_attributes(info)
         with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}",
-                                               record_exception=False, set_status_on_exception=False) as span:
-            with _guard("loop attributes"):
-                span.set_attributes(_agent_attributes(info))
+                                               attributes=attributes, record_exception=False,
+                                               set_status_on_exception=False) as span:
             try:
-                with _running(span, owner):
+                with self.running(span, owner):
                     result = await wrapped(*args, **kwargs)
             except BaseException as exc:
                 with _guard("loop raised"):
@@ -446,16 +450,15 @@ class _Hooks:
     async def execute_tool(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         tc = args[0] if args else kwargs.get("tc")
         name = str(getattr(tc, "tool_name", "tool"))
-        with self.tracer.start_as_current_span(f"{semconv.OP_EXECUTE_TOOL} {name}", record_exception=False,
-                                               set_status_on_exception=False) as span:
+        attributes = {semconv.GEN_AI_OPERATION_NAME: semconv.OP_EXECUTE_TOOL, semconv.GEN_AI_TOOL_NAME: name,
+                      semconv.GEN_AI_TOOL_CALL_ID: str(getattr(tc, "tool_use_id", "") or "")}
+        with self.tracer.start_as_current_span(f"{semconv.OP_EXECUTE_TOOL} {name}", attributes=attributes,
+                                               record_exception=False, set_status_on_exception=False) as span:
             with _guard("tool attributes"):
-                span.set_attributes({semconv.GEN_AI_OPERATION_NAME: semconv.OP_EXECUTE_TOOL,
-                                     semconv.GEN_AI_TOOL_NAME: name,
-                                     semconv.GEN_AI_TOOL_CALL_ID: str(getattr(tc, "tool_use_id", "") or "")})
                 if self.export_content:
                     span.set_attribute(semconv.GEN_AI_TOOL_CALL_ARGUMENTS, safe_text(getattr(tc, "tool_input", None)))
             try:
-                with _running(span, None):
+                with self.running(span, None):
                     result = await wrapped(*args, **kwargs)
             except Exception as exc:
                 with _guard("tool raised"):
@@ -475,9 +478,9 @@ class _Hooks:
     def _note_tool(tc: Any, name: str, content: Any, is_error: bool) -> None:
         unit = current_unit.get()
         if unit is not None:
-            unit.add_tool_call(ToolCallAttempt(tool_name=name, arguments=getattr(tc, "tool_input", None),
-                                               result=safe_text(content) if content is not None else None,
-                                               is_error=is_error))
+            unit.add_tool_call(ToolCallAttempt.model_construct(  # our own typed values: no re-validation
+                tool_name=name, arguments=getattr(tc, "tool_input", None),
+                result=safe_text(content) if content is not None else None, is_error=is_error))
 
     async def judge_turn(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         verdict = await wrapped(*args, **kwargs)
@@ -486,9 +489,9 @@ class _Hooks:
             if unit is not None:
                 iteration = args[5] if len(args) > 5 else kwargs.get("iteration", len(unit.judge))
                 judge_type = "custom" if getattr(instance, "_judge", None) is not None else "implicit"
-                unit.add_judge(JudgeFeedback(attempt=int(iteration), action=str(getattr(verdict, "action", "")),
-                                             feedback=str(getattr(verdict, "feedback", "") or ""),
-                                             judge_type=judge_type))
+                unit.add_judge(JudgeFeedback.model_construct(  # our own typed values: no re-validation
+                    attempt=int(iteration), action=str(getattr(verdict, "action", "")),
+                    feedback=str(getattr(verdict, "feedback", "") or ""), judge_type=judge_type))
                 if str(getattr(verdict, "action", "")) == "ESCALATE":
                     unit.signals.setdefault(FailureKind.JUDGE_ESCALATED.value,
                                             str(getattr(verdict, "feedback", "") or ""))
@@ -497,9 +500,9 @@ class _Hooks:
     # --- the EventBus tap and Hive's own trace ids ---------------------------------------------
     def publish(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         """Observe, then hand Hive its own coroutine: no extra await layer on the agent loop."""
-        with _guard("event"):
-            event = args[0] if args else kwargs.get("event")
-            if getattr(getattr(event, "type", None), "value", None) in _OBSERVED:
+        event = args[0] if args else kwargs.get("event")
+        if getattr(event, "type", None) in _OBSERVED:  # EventType is a str enum: plain str lookup
+            with _guard("event"):
                 self._observe(event)
         return wrapped(*args, **kwargs)
 

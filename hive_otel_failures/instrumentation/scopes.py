@@ -31,6 +31,11 @@ class Definition:
         self.parts = parts
         self.version = version_of(parts)
 
+    def snapshot_parts(self) -> dict[str, Any]:
+        """The definition as plain data without pydantic defaults: what a reader needs, smaller to scrub."""
+        return {k: v.model_dump(mode="json", exclude_defaults=True) if hasattr(v, "model_dump") else v
+                for k, v in self.parts.items()}
+
 
 @dataclass
 class RunScope:
@@ -74,7 +79,8 @@ class UnitScope:
             error_type=error_type, error_message=error_message, traceback=tb,
             attempts=attempts if attempts is not None else max(1, self.attempts),
             judge_feedback=list(self.judge), input_context=self.input_context, memory_snapshot=memory_snapshot,
-            graph_snapshot=self.definition.parts if self.definition else None, tool_calls=list(self.tool_calls),
+            graph_snapshot=self.definition.snapshot_parts() if self.definition else None,
+            tool_calls=list(self.tool_calls),
             agent_version=self.agent_version,
         )
 
