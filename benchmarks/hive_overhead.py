@@ -128,13 +128,14 @@ def event_tap_cost(work: Path, repeat: int = 2000) -> tuple[float, float, int]:
     finally:
         EventBus.publish = original_publish
     tracer = TracerProvider().get_tracer("bench")
+    hooks = _Hooks(tracer)
     costs = []
     with tracer.start_as_current_span("invoke_agent bench"):
         token = current_unit.set(UnitScope(agent_id="a", node_id=None, session_id="s"))
         for _ in range(max(1, repeat // max(1, len(events)))):
             for event in events:
                 t0 = time.perf_counter()
-                _Hooks._observe(event)
+                hooks._observe(event)
                 costs.append(time.perf_counter() - t0)
         current_unit.reset(token)
     costs.sort()

@@ -96,7 +96,7 @@ def _valid_utf8(text: str) -> str:
 _CAP_MARKER = re.compile(r"…\[truncated \d+ of \d+ chars\]$")
 
 
-def _cap_text(text: str, limit: int) -> str:
+def cap_text(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     marker = _CAP_MARKER.search(text)
@@ -109,7 +109,7 @@ def safe_text(value: Any, limits: Limits = Limits()) -> str:
     """Any value as a redacted, valid, capped string (messages, tracebacks, feedback)."""
     if not isinstance(value, str):
         value = _safe_repr(value)
-    return _cap_text(redact_text(_valid_utf8(value)), limits.max_string_chars)
+    return cap_text(redact_text(_valid_utf8(value)), limits.max_string_chars)
 
 
 def _safe_repr(value: Any) -> str:
@@ -143,7 +143,7 @@ class _Sanitizer:
             value = _valid_utf8(value)
             if key is not None and _is_id_key(key):
                 return value
-            return _cap_text(redact_text(value), self.limits.max_string_chars)
+            return cap_text(redact_text(value), self.limits.max_string_chars)
         if isinstance(value, bytes | bytearray | memoryview):
             raw = bytes(value)
             text = raw[: self.limits.max_string_chars].decode("utf-8", "replace")

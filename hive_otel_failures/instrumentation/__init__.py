@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from datetime import datetime, timezone
 from collections.abc import Collection
+from datetime import datetime, timezone
 from typing import Any
 
 from opentelemetry import trace
@@ -31,8 +31,8 @@ from wrapt import wrap_function_wrapper
 
 from .. import semconv
 from ..export import export_content_enabled
-from ..record import FailureKind, JudgeFeedback, RunOutcome, ToolCallAttempt
-from ..scrub import safe_text
+from ..record import FailureKind, RunOutcome
+from ..scrub import Limits, cap_text, safe_text
 from ..spans import record_failure, record_run
 from .package import _instruments
 from .scopes import Definition, RunScope, UnitScope, current_run, current_unit, format_traceback, qualified_name
@@ -52,6 +52,7 @@ _HOOKS: tuple[tuple[str, str, str], ...] = (
     ("framework.host.stream_runtime", "StreamDecisionTracker", "start_run"),
 )
 _FAILED_WORKER_STATUSES = {"failed": FailureKind.WORKER_FAILED, "timeout": FailureKind.TIMEOUT}
+_LIMITS = Limits.from_env()
 _OBSERVED = frozenset({"judge_verdict", "subagent_report", "node_stalled", "node_tool_doom_loop",
                        "escalation_requested", "stream_inactive", "stream_ttft_exceeded", "node_retry"})
 _SIGNAL_EVENTS = {  # EventType value -> (span event name, FailureKind signal or None, data key)
@@ -385,7 +386,7 @@ class _Hooks:
     def _run_outcome(self, span: Span, unit: UnitScope, *, success: bool, quality: str | None, failures: int) -> None:
         if unit.session_id and span.is_recording():
             now = datetime.now(timezone.utc)  # start/end are read from the span by the processor
-            record_run(RunOutcome.model_construct(  # our own typed values: no re-validation
+            record_run(RunOutcome(
                 session_id=unit.session_id, agent_id=unit.agent_id, agent_version=unit.agent_version,
                 started_at=now, ended_at=now, success=success, quality=quality, failures=failures), span)
 
@@ -477,10 +478,10 @@ class _Hooks:
     @staticmethod
     def _note_tool(tc: Any, name: str, content: Any, is_error: bool) -> None:
         unit = current_unit.get()
-        if unit is not None:
-            unit.add_tool_call(ToolCallAttempt.model_construct(  # our own typed values: no re-validation
-                tool_name=name, arguments=getattr(tc, "tool_input", None),
-                result=safe_text(content) if content is not None else None, is_error=is_error))
+        if unit is not None:  # raw but capped: scrubbed only if it ends up in a FailureRecord
+            if isinstance(content, str):
+                content = cap_text(content, _LIMITS.max_string_chars)
+            unit.add_tool_call(name, getattr(tc, "tool_input", None), content, is_error)
 
     async def judge_turn(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         verdict = await wrapped(*args, **kwargs)
@@ -489,9 +490,8 @@ class _Hooks:
             if unit is not None:
                 iteration = args[5] if len(args) > 5 else kwargs.get("iteration", len(unit.judge))
                 judge_type = "custom" if getattr(instance, "_judge", None) is not None else "implicit"
-                unit.add_judge(JudgeFeedback.model_construct(  # our own typed values: no re-validation
-                    attempt=int(iteration), action=str(getattr(verdict, "action", "")),
-                    feedback=str(getattr(verdict, "feedback", "") or ""), judge_type=judge_type))
+                unit.add_judge(int(iteration), str(getattr(verdict, "action", "")),
+                               str(getattr(verdict, "feedback", "") or ""), judge_type)
                 if str(getattr(verdict, "action", "")) == "ESCALATE":
                     unit.signals.setdefault(FailureKind.JUDGE_ESCALATED.value,
                                             str(getattr(verdict, "feedback", "") or ""))
@@ -506,17 +506,17 @@ class _Hooks:
                 self._observe(event)
         return wrapped(*args, **kwargs)
 
-    @staticmethod
-    def _observe(event: Any) -> None:
+    def _observe(self, event: Any) -> None:
         """In-memory only: a span event on the current span, a signal on the current unit."""
         kind = getattr(getattr(event, "type", None), "value", None)
         data = getattr(event, "data", None) or {}
         if kind == "judge_verdict":
             action = str(data.get("action", ""))
             if action in ("RETRY", "ESCALATE"):
-                trace.get_current_span().add_event(semconv.EVALUATION_EVENT, {
-                    semconv.EVALUATION_NAME: "hive.judge", semconv.EVALUATION_SCORE_LABEL: action,
-                    semconv.EVALUATION_EXPLANATION: safe_text(data.get("feedback", ""))})
+                attributes = {semconv.EVALUATION_NAME: "hive.judge", semconv.EVALUATION_SCORE_LABEL: action}
+                if self.export_content:  # the explanation is content; the index gets the full text anyway
+                    attributes[semconv.EVALUATION_EXPLANATION] = safe_text(data.get("feedback", ""))
+                trace.get_current_span().add_event(semconv.EVALUATION_EVENT, attributes)
             return
         if kind == "subagent_report":
             unit = current_unit.get()

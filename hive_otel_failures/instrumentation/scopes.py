@@ -58,17 +58,20 @@ class UnitScope:
     definition: Definition | None = None
     input_context: Any = None
     attempts: int = 0
-    judge: list[JudgeFeedback] = field(default_factory=list)
-    tool_calls: list[ToolCallAttempt] = field(default_factory=list)
+    # Raw tuples on the hot path; models are built only when a failure is recorded.
+    judge: list[tuple[int, str, str, str]] = field(default_factory=list)  # attempt, action, feedback, judge_type
+    tool_calls: list[tuple[str, Any, Any, bool]] = field(default_factory=list)  # name, arguments, result, error
     signals: dict[str, str] = field(default_factory=dict)  # FailureKind value -> Hive's reason
     exception: BaseException | None = None
     failures: int = 0
 
-    def add_judge(self, feedback: JudgeFeedback) -> None:
-        self.judge = (self.judge + [feedback])[-_MAX_ITEMS:]
+    def add_judge(self, attempt: int, action: str, feedback: str, judge_type: str) -> None:
+        self.judge.append((attempt, action, feedback, judge_type))
+        del self.judge[:-_MAX_ITEMS]
 
-    def add_tool_call(self, call: ToolCallAttempt) -> None:
-        self.tool_calls = (self.tool_calls + [call])[-_MAX_ITEMS:]
+    def add_tool_call(self, name: str, arguments: Any, result: Any, is_error: bool) -> None:
+        self.tool_calls.append((name, arguments, result, is_error))
+        del self.tool_calls[:-_MAX_ITEMS]
 
     def failure(self, *, kind: FailureKind, error_type: str, error_message: str,
                 memory_snapshot: Any = None, attempts: int | None = None) -> FailureRecord:
@@ -78,9 +81,12 @@ class UnitScope:
             session_id=self.session_id, agent_id=self.agent_id, node_id=self.node_id, kind=kind,
             error_type=error_type, error_message=error_message, traceback=tb,
             attempts=attempts if attempts is not None else max(1, self.attempts),
-            judge_feedback=list(self.judge), input_context=self.input_context, memory_snapshot=memory_snapshot,
+            judge_feedback=[JudgeFeedback(attempt=a, action=act, feedback=fb, judge_type=jt)
+                            for a, act, fb, jt in self.judge],
+            input_context=self.input_context, memory_snapshot=memory_snapshot,
             graph_snapshot=self.definition.snapshot_parts() if self.definition else None,
-            tool_calls=list(self.tool_calls),
+            tool_calls=[ToolCallAttempt(tool_name=n, arguments=a, result=None if r is None else str(r), is_error=e)
+                        for n, a, r, e in self.tool_calls],
             agent_version=self.agent_version,
         )
 
@@ -130,14 +136,16 @@ def qualified_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _canonical(value: Any) -> Any:
+def _canonical_bytes(value: Any) -> bytes:
     dump = getattr(value, "model_dump_json", None)
     if callable(dump):
-        return dump()  # pydantic's own serialiser: fast, and stable for the same definition
-    return value
+        return dump().encode("utf-8", "replace")  # pydantic's own serialiser: fast, stable for one definition
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "replace")
 
 
 def version_of(parts: dict[str, Any]) -> str:
     """Implicit agent version: a short hash of the agent definition, for when Hive gives none."""
-    text = json.dumps({k: _canonical(v) for k, v in parts.items()}, sort_keys=True, ensure_ascii=False, default=str)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:12]
+    digest = hashlib.sha256()
+    for key in sorted(parts):
+        digest.update(key.encode() + b"\0" + _canonical_bytes(parts[key]) + b"\0")
+    return "sha256:" + digest.hexdigest()[:12]
