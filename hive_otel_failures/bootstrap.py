@@ -82,6 +82,10 @@ def configure(*, db: str | os.PathLike[str] | None = None, service_name: str | N
         existing = _handles.get(id(provider))
         if existing is not None:
             return existing
+        if not created and tracer_provider is None and not export_content_enabled():
+            _log.warning("hive-failures: joined a TracerProvider set up elsewhere; its exporters are not behind "
+                         "the content policy, so span content they export is theirs to filter "
+                         "(select OTEL_PYTHON_CONFIGURATOR=hive_failures to let this package build the pipeline)")
         location = str(db) if db is not None else default_location()
         processor = FailureIndexProcessor(location, max_queue_size=max_queue_size)
         provider.add_span_processor(processor)

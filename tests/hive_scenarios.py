@@ -169,10 +169,15 @@ class EscalatingJudge:
         return JudgeVerdict(action="ESCALATE", feedback=f"iteration {context['iteration']}: {self.FEEDBACK}")
 
 
+def tool_reports_error(tool_use: ToolUse) -> ToolResult:
+    """FAKE remote tool that answers with an error result instead of raising."""
+    return ToolResult(tool_use_id=tool_use.id, content="record not found", is_error=True)
+
+
 async def run_loop(llm: ScriptedLLM, *, stream_id: str, agent: str = "agent-x", judge: Any = None,
-                   session_id: str = "") -> Any:
+                   session_id: str = "", tool_executor: Any = failing_tool) -> Any:
     loop = AgentLoop(event_bus=EventBus(), judge=judge, config=LoopConfig(max_iterations=6),
-                     tool_executor=failing_tool)
+                     tool_executor=tool_executor)
     spec = AgentSpec(id=agent, name=f"Agent {agent}", description="demo worker", system_prompt="You are a worker.",
                      tools=["flaky_tool"])
     ctx = AgentContext(runtime=None, agent_id=agent, agent_spec=spec, llm=llm, available_tools=[FLAKY_TOOL],

@@ -135,3 +135,19 @@ def test_joining_a_provider_adds_one_processor_however_often_called(db_path: Pat
     processors = provider._active_span_processor._span_processors
     assert sum(isinstance(p, FailureIndexProcessor) for p in processors) == 1
     provider.shutdown()
+
+
+def test_joining_a_global_provider_built_elsewhere_says_content_policy_does_not_cover_it(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import logging
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        logging.basicConfig(level=logging.WARNING)
+        trace.set_tracer_provider(TracerProvider())
+        import hive_otel_failures as hof
+        handle = hof.configure()
+        print(handle.enabled, handle.exporting)
+    """)
+    proc = run_app({}, tmp_path, code)
+    assert proc.stdout.split() == ["True", "False"]
+    assert "not behind the content policy" in proc.stderr

@@ -196,6 +196,18 @@ def test_judge_that_escalates_keeps_full_feedback(hive: Hive) -> None:
     assert evaluation.attributes["gen_ai.evaluation.score.label"] == "ESCALATE"
 
 
+def test_tool_error_result_marks_the_tool_span_and_is_kept_for_a_later_failure(hive: Hive) -> None:
+    llm = hs.ScriptedLLM([("tool", "flaky_tool", {"q": "ACME"})] + [("text", "I cannot find the record.")] * 5)
+    run(hs.run_loop(llm, stream_id="worker:w3", tool_executor=hs.tool_reports_error))
+    tool = hive.span("execute_tool flaky_tool")
+    assert tool.status.status_code is StatusCode.ERROR and tool.attributes["error.type"] == "hive.tool_error"
+    assert [e.name for e in tool.events] == []  # an error result, not an exception
+    (record,) = hive.records()  # the loop then stalls: the failed call is in the record
+    assert record.kind == "stalled"
+    (call,) = record.tool_calls
+    assert (call.tool_name, call.result, call.is_error) == ("flaky_tool", "record not found", True)
+
+
 def test_worker_whose_llm_raises(hive: Hive) -> None:
     with hs.aden_tools_stand_in():
         result = run(hs.run_colony(hive.work, hs.ScriptedLLM([("raise", ValueError("model not found (HTTP 404)"))])))
