@@ -70,7 +70,7 @@ FAILURE_PREPARED = "hive.failure.prepared"
 # Attributes that carry user content (prompts, tool arguments, context, snapshots). They stay
 # in the local index and leave the machine only when HIVE_FAILURES_EXPORT_CONTENT=true.
 FAILURE_CONTENT_FIELDS = frozenset(
-    {"input_context", "graph_snapshot", "memory_snapshot", "tool_calls", "judge_feedback", "traceback"}
+    {"input_context", "graph_snapshot", "memory_snapshot", "tool_calls", "judge_feedback"}
 )
 CONTENT_ATTRIBUTES = frozenset(
     {FAILURE_PREFIX + f for f in FAILURE_CONTENT_FIELDS}

@@ -112,6 +112,21 @@ def test_node_that_raises(hive: Hive) -> None:
     assert_ids(record, node)
 
 
+def test_a_secret_in_an_exception_is_scrubbed_on_the_span_and_in_the_record(hive: Hive) -> None:
+    class LeakyNode(hs.NodeProtocol):
+        async def execute(self, ctx):
+            raise PermissionError("401 for key sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789")
+
+    graph, registry = hs.raising_graph()
+    run(hs.run_graph(hive.work, "session_S", graph, {**registry, "fail_node": LeakyNode()}))
+    (event,) = [e for e in hive.span("hive.node.attempt fail_node").events if e.name == "exception"]
+    assert event.attributes["exception.type"] == "builtins.PermissionError"
+    for value in (event.attributes["exception.message"], event.attributes["exception.stacktrace"]):
+        assert "Abcdefghijklmnop" not in value and "[REDACTED]" in value
+    (record,) = hive.records()
+    assert "Abcdefghijklmnop" not in record.error_message + record.traceback
+
+
 def test_node_fails_after_retries_counts_true_attempts(hive: Hive) -> None:
     graph, registry = hs.soft_fail_graph()
     result = run(hs.run_graph(hive.work, "session_B", graph, registry))

@@ -121,8 +121,9 @@ def _record(span: Span, unit: UnitScope, **fields: Any) -> None:
 def _record_exception(span: Span, exc: BaseException) -> None:
     """The standard ``exception`` span event, with the traceback formatted once (see format_traceback)."""
     if span.is_recording():
-        span.add_event("exception", {"exception.type": qualified_name(exc), "exception.message": str(exc),
-                                     "exception.stacktrace": format_traceback(exc)})
+        span.add_event("exception", {"exception.type": qualified_name(exc),  # scrubbed, as records are
+                                     "exception.message": safe_text(str(exc), _LIMITS),
+                                     "exception.stacktrace": safe_text(format_traceback(exc), _LIMITS)})
 
 
 def _fail_span(span: Span, error_type: str, message: str) -> None:
