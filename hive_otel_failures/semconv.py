@@ -34,13 +34,11 @@ EVALUATION_EXPLANATION = "gen_ai.evaluation.explanation"
 HIVE_COLONY_ID = "hive.colony.id"
 HIVE_NODE_ID = "hive.node.id"
 HIVE_NODE_ATTEMPT = "hive.node.attempt"
-HIVE_NODE_MAX_ATTEMPTS = "hive.node.max_attempts"
 HIVE_EXECUTION_ID = "hive.execution.id"
 HIVE_STREAM_ID = "hive.stream.id"
 HIVE_WORKER_STATUS = "hive.worker.status"
 HIVE_EXIT_REASON = "hive.exit_reason"
 HIVE_AGENT_VERSION = "hive.agent.version"
-HIVE_RESULT_STATUS = "hive.result.status"
 
 # Run outcome: a "hive.run" event on the span that covers one run (session), read by the index
 # processor; the outcome is mirrored as a span attribute so trace backends can search for it.
