@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import semconv
 from .fingerprint import fingerprint as _fingerprint
 from .fingerprint import is_transient
-from .scrub import Limits, safe_text, sanitize
+from .scrub import TRUNCATED_KEY, Limits, safe_text, sanitize
 
 AttributeValue = str | bool | int | float | tuple[str, ...]
 
@@ -196,21 +196,28 @@ def from_attributes(attributes: Mapping[str, Any]) -> FailureRecord:
         if field not in FailureRecord.model_fields:
             continue
         if field in _JSON_FIELDS:
-            value = _loads(field, value)
+            value = load_json_field(field, value)
         elif field in _LIST_FIELDS:
             value = list(value)
         data[field] = value
     return FailureRecord.model_validate(data)
 
 
-def _loads(field: str, text: Any) -> Any:
-    """JSON from an attribute; a value cut by span limits keeps a marker instead of failing."""
+def load_json_field(field: str, text: str | None) -> Any:
+    """A JSON field of a record (event attribute or stored column), never raising.
+
+    Text cut by span limits keeps a truncation marker; a list field that is not a list
+    becomes empty. None stays None.
+    """
+    if text is None:
+        return None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (TypeError, ValueError):
-        if field in ("judge_feedback", "tool_calls"):
-            return []
-        return {"__truncated__": "attribute value was cut by span limits", "preview": str(text)[:1024]}
+        value = {TRUNCATED_KEY: "value is not valid JSON (cut by span limits?)", "preview": str(text)[:1024]}
+    if field in ("judge_feedback", "tool_calls") and not isinstance(value, list):
+        return []
+    return value
 
 
 def run_attributes(outcome: RunOutcome) -> dict[str, AttributeValue]:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .. import semconv
-from ..record import FailureKind, FailureRecord, RunOutcome, prepare, to_attributes
-from ..scrub import TRUNCATED_KEY, Limits
+from ..record import FailureKind, FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
+from ..scrub import Limits
 from .models import Advice, NodeStats, Pattern, Resolution, Stats
 from .schema import LATEST_VERSION, MIGRATIONS
 
@@ -468,19 +468,6 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _loads(text: str | None, default: Any) -> Any:
-    if text is None:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {TRUNCATED_KEY: "stored value is not valid JSON (cut by span limits?)", "preview": text[:1024]}
-
-
 def _record_from_row(row: tuple[Any, ...]) -> FailureRecord:
     (failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, traceback, attempts,
      judge_feedback, constraints, criteria, tool_calls, _ic, _ms, _gs, trace_id, span_id, agent_version,
@@ -489,10 +476,12 @@ def _record_from_row(row: tuple[Any, ...]) -> FailureRecord:
         "failure_id": failure_id, "session_id": session_id, "agent_id": agent_id, "node_id": node_id,
         "timestamp": _dt(ts), "kind": kind, "error_type": error_type, "error_message": error_message,
         "traceback": traceback, "attempts": attempts,
-        "judge_feedback": _listed(_loads(judge_feedback, [])), "tool_calls": _listed(_loads(tool_calls, [])),
+        "judge_feedback": load_json_field("judge_feedback", judge_feedback) or [],
+        "tool_calls": load_json_field("tool_calls", tool_calls) or [],
         "constraints_violated": json.loads(constraints), "criteria_unmet": json.loads(criteria),
-        "input_context": _loads(input_context, None), "memory_snapshot": _loads(memory, None),
-        "graph_snapshot": _loads(graph, None),
+        "input_context": load_json_field("input_context", input_context),
+        "memory_snapshot": load_json_field("memory_snapshot", memory),
+        "graph_snapshot": load_json_field("graph_snapshot", graph),
         "trace_id": trace_id, "span_id": span_id, "agent_version": agent_version, "fingerprint": fingerprint,
         "transient": bool(transient), "evolution_triggered": bool(evolution_triggered), "resolution": resolution,
     })
