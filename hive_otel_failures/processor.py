@@ -69,7 +69,7 @@ class FailureIndexProcessor(SpanProcessor):
         self._owns_index = self._index is None
         self._location = None if isinstance(index, FailureIndex) else index
         self._cond = threading.Condition()  # writer -> force_flush: "a batch is done"
-        self._busy = False
+        self._in_flight = 0  # records taken off the queue, not yet written
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._written = self._runs_written = self._dropped = self._errors = 0
@@ -121,11 +121,12 @@ class FailureIndexProcessor(SpanProcessor):
                 self._wake.wait(self._delay)
                 self._wake.clear()
                 while self._queue:
-                    self._busy = True
-                    batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+                    size = min(self._max_batch, len(self._queue))
+                    self._in_flight = size  # set before popping, so force_flush never sees zero early
+                    batch = [self._queue.popleft() for _ in range(size)]
                     self._write(batch)
                     with self._cond:
-                        self._busy = False
+                        self._in_flight = 0
                         self._cond.notify_all()
                 if self._stopping.is_set() and not self._queue:
                     break
@@ -199,7 +200,7 @@ class FailureIndexProcessor(SpanProcessor):
     # --- lifecycle -------------------------------------------------------------------------
     def stats(self) -> ProcessorStats:
         with self._cond:
-            return ProcessorStats(queued=len(self._queue) + self._busy, written=self._written,
+            return ProcessorStats(queued=len(self._queue) + self._in_flight, written=self._written,
                                   runs_written=self._runs_written, dropped=self._dropped, errors=self._errors)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -207,7 +208,7 @@ class FailureIndexProcessor(SpanProcessor):
         deadline = time.monotonic() + timeout_millis / 1000
         self._wake.set()
         with self._cond:
-            while self._queue or self._busy:
+            while self._queue or self._in_flight:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._writer.is_alive():
                     return False
