@@ -146,9 +146,12 @@ def _agent_info(ctx: Any) -> dict[str, Any]:
     }
 
 
-def _agent_definition(info: dict[str, Any]) -> Definition | None:
+def _agent_unit(info: dict[str, Any], input_context: Any) -> UnitScope:
+    """The unit that owns an agent's failures (a colony worker, or a loop nothing encloses)."""
     spec = info["spec"]
-    return Definition({"agent_spec": spec, "model": info["model"]}) if spec is not None else None
+    definition = Definition({"agent_spec": spec, "model": info["model"]}) if spec is not None else None
+    return UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
+                     definition=definition, input_context=input_context)
 
 
 def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
@@ -336,10 +339,8 @@ class _Hooks:
             ctx = getattr(instance, "_context", None)
             info = _agent_info(ctx)
             info["session_id"] = info["session_id"] or str(getattr(instance, "id", ""))
-            unit = UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
-                             definition=_agent_definition(info),
-                             input_context={"task": getattr(instance, "task", None),
-                                            "input_data": getattr(ctx, "input_data", None)})
+            unit = _agent_unit(info, {"task": getattr(instance, "task", None),
+                                      "input_data": getattr(ctx, "input_data", None)})
         name = (info or {}).get("name") or "worker"
         with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {name}", record_exception=False,
                                                set_status_on_exception=False) as span:
@@ -397,9 +398,7 @@ class _Hooks:
         with _guard("loop start"):
             info = _agent_info(args[0] if args else kwargs.get("ctx"))
             if current_unit.get() is None:  # nothing encloses this loop: it owns its failures
-                owner = UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
-                                  definition=_agent_definition(info),
-                                  input_context=getattr(args[0] if args else kwargs.get("ctx"), "input_data", None))
+                owner = _agent_unit(info, getattr(args[0] if args else kwargs.get("ctx"), "input_data", None))
         attributes: dict[str, Any] = {}
         with _guard("loop attributes"):
             attributes = _agent_attributes(info)
