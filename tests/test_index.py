@@ -57,6 +57,8 @@ def test_older_schema_is_migrated_without_losing_rows(db_path: Path) -> None:
         assert [p.fingerprint for p in index.patterns()] == ["v1:old"]
         index.add([failure(1)], [hof.RunOutcome(session_id="s1", agent_id="report-agent", success=False)])
         assert index.stats().runs == 1 and len(index.recent()) == 2
+        index.add([failure(2)])  # the migrated schema keeps counting patterns
+        assert sorted((p.count, p.sessions) for p in index.patterns()) == [(1, 1), (2, 2)]
 
 
 def test_newer_schema_is_refused_clearly(db_path: Path) -> None:
@@ -91,6 +93,13 @@ def test_patterns_group_count_sessions_and_window(db_path: Path) -> None:
         recent_top = index.patterns(since="7d")[0]
         assert (recent_top.count, recent_top.sessions) == (4, 3)
         assert index.patterns(agent_id="nobody") == []
+
+
+def test_failures_without_a_session_count_as_one_session(db_path: Path) -> None:
+    with hof.open_index(db_path) as index:
+        index.add([failure(1, session_id=None), failure(2, session_id=None)])
+        index.add([failure(3, session_id=None), failure(4)])
+        assert [(p.count, p.sessions) for p in index.patterns()] == [(4, 2)]
 
 
 def test_the_same_failure_delivered_twice_is_stored_once(db_path: Path) -> None:

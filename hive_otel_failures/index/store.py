@@ -12,7 +12,6 @@ import os
 import re
 import sqlite3
 import threading
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -74,6 +73,31 @@ _FAILURE_COLUMNS = (
     "memory_snapshot_sha, graph_snapshot_sha, trace_id, span_id, agent_version, fingerprint, transient, "
     "evolution_triggered, resolution"
 )
+# Set-based pattern bookkeeping for one batch: the new failures are those past the largest
+# rowid before the batch; a session is new to a pattern if no earlier failure of it has one.
+_COUNT_PATTERNS = """
+    WITH fresh AS (SELECT rowid AS rid, fingerprint, session_id, ts FROM failures WHERE rowid > :before),
+         latest AS (SELECT fingerprint, max(ts) AS last_seen, rid FROM fresh GROUP BY fingerprint),
+         totals AS (
+             SELECT fingerprint, count(*) AS count, min(ts) AS first_seen,
+                    count(DISTINCT CASE WHEN NOT EXISTS (
+                        SELECT 1 FROM failures AS old WHERE old.fingerprint = fresh.fingerprint
+                        AND old.session_id IS fresh.session_id AND old.rowid <= :before)
+                    THEN quote(session_id) END) AS sessions
+             FROM fresh GROUP BY fingerprint)
+    INSERT INTO patterns (fingerprint, agent_id, node_id, error_type, kind, sample_message, transient,
+                          count, sessions, first_seen, last_seen)
+    SELECT f.fingerprint, f.agent_id, f.node_id, f.error_type, f.kind, f.error_message, f.transient,
+           t.count, t.sessions, t.first_seen, l.last_seen
+    FROM latest AS l JOIN totals AS t ON t.fingerprint = l.fingerprint JOIN failures AS f ON f.rowid = l.rid
+    WHERE true
+    ON CONFLICT (fingerprint) DO UPDATE SET
+        count = count + excluded.count,
+        sessions = sessions + excluded.sessions,
+        first_seen = min(first_seen, excluded.first_seen),
+        last_seen = max(last_seen, excluded.last_seen),
+        sample_message = CASE WHEN excluded.last_seen >= last_seen THEN excluded.sample_message ELSE sample_message END
+"""
 _SELECT_FAILURE = f"""
     SELECT {", ".join("f." + c.strip() for c in _FAILURE_COLUMNS.split(","))},
            ic.content, ms.content, gs.content
@@ -82,7 +106,8 @@ _SELECT_FAILURE = f"""
     LEFT JOIN blobs ms ON ms.sha256 = f.memory_snapshot_sha
     LEFT JOIN blobs gs ON gs.sha256 = f.graph_snapshot_sha
 """
-_COL = {name.strip(): i for i, name in enumerate(_FAILURE_COLUMNS.split(","))}
+_INSERT_FAILURE = (f"INSERT INTO failures ({_FAILURE_COLUMNS}) VALUES ({', '.join('?' * (_FAILURE_COLUMNS.count(',') + 1))}) "
+                   "ON CONFLICT (failure_id) DO NOTHING")
 _P = semconv.FAILURE_PREFIX
 _KINDS = frozenset(k.value for k in FailureKind)
 
@@ -92,12 +117,12 @@ class _WireRow(NamedTuple):
     blobs: list[tuple[str, str]]  # (sha256, JSON text) of the snapshots
 
 
-_SNAPSHOT_KEYS = tuple(_P + name for name in ("input_context", "memory_snapshot", "graph_snapshot"))
-(_ID, _SESSION, _AGENT, _NODE, _TIME, _KIND, _ETYPE, _EMSG, _TB, _ATTEMPTS, _JUDGE, _CONSTRAINTS, _CRITERIA,
- _TOOLS, _TRACE, _SPAN, _VERSION, _FP, _TRANSIENT, _EVOLVED, _RESOLUTION) = (_P + name for name in (
+# The hive.failure attributes a failures row is made of, in the order _wire_row unpacks them.
+_WIRE_KEYS = tuple(_P + name for name in (
     "failure_id", "session_id", "agent_id", "node_id", "timestamp", "kind", "error_type", "error_message",
-    "traceback", "attempts", "judge_feedback", "constraints_violated", "criteria_unmet", "tool_calls", "trace_id",
-    "span_id", "agent_version", "fingerprint", "transient", "evolution_triggered", "resolution"))
+    "traceback", "attempts", "judge_feedback", "constraints_violated", "criteria_unmet", "tool_calls",
+    "input_context", "memory_snapshot", "graph_snapshot", "trace_id", "span_id", "agent_version", "fingerprint",
+    "transient", "evolution_triggered", "resolution"))
 
 
 def _wire_row(attrs: Mapping[str, Any]) -> _WireRow:
@@ -107,9 +132,11 @@ def _wire_row(attrs: Mapping[str, Any]) -> _WireRow:
     what the row cannot do without is checked here; the hot path of the writer stays lean.
     JSON text that span limits may have cut is tolerated when read back.
     """
-    get = attrs.get
-    failure_id, fingerprint, stamp = get(_ID), get(_FP), get(_TIME)
-    kind, attempts = get(_KIND, "exception"), get(_ATTEMPTS, 1)
+    (failure_id, session_id, agent_id, node_id, stamp, kind, error_type, error_message, traceback, attempts,
+     judge_feedback, constraints, criteria, tool_calls, input_context, memory, graph, trace_id, span_id,
+     agent_version, fingerprint, transient, evolved, resolution) = map(attrs.get, _WIRE_KEYS)
+    kind = kind or "exception"
+    attempts = 1 if attempts is None else attempts
     if not (isinstance(failure_id, str) and isinstance(fingerprint, str) and isinstance(stamp, str)
             and kind in _KINDS and type(attempts) is int):
         raise FailureIndexError("a prepared failure needs failure_id, fingerprint, timestamp, a known kind and "
@@ -118,20 +145,16 @@ def _wire_row(attrs: Mapping[str, Any]) -> _WireRow:
         ts = _ts(datetime.fromisoformat(stamp))
     except ValueError:
         raise FailureIndexError(f"hive.failure.timestamp is not ISO 8601: {stamp!r:.40}") from None
-    blobs, shas = [], []
-    for key in _SNAPSHOT_KEYS:
-        text = get(key)
-        sha = None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
-        if sha is not None:
-            blobs.append((sha, text))
-        shas.append(sha)
+    snapshots = (input_context, memory, graph)
+    ic_sha, ms_sha, gs_sha = shas = [None if t is None else hashlib.sha256(t.encode("utf-8")).hexdigest()
+                                     for t in snapshots]
     values = (
-        failure_id, get(_SESSION), get(_AGENT), get(_NODE), ts, kind, get(_ETYPE, "unknown"), get(_EMSG, ""),
-        get(_TB), attempts, get(_JUDGE, "[]"), _dumps_list(get(_CONSTRAINTS)), _dumps_list(get(_CRITERIA)),
-        get(_TOOLS, "[]"), *shas, get(_TRACE), get(_SPAN), get(_VERSION), fingerprint, int(bool(get(_TRANSIENT))),
-        int(bool(get(_EVOLVED))), get(_RESOLUTION),
+        failure_id, session_id, agent_id, node_id, ts, kind, error_type or "unknown", error_message or "",
+        traceback, attempts, judge_feedback or "[]", _dumps_list(constraints), _dumps_list(criteria),
+        tool_calls or "[]", ic_sha, ms_sha, gs_sha, trace_id, span_id, agent_version, fingerprint,
+        int(bool(transient)), int(bool(evolved)), resolution,
     )
-    return _WireRow(values, blobs)
+    return _WireRow(values, [(sha, text) for sha, text in zip(shas, snapshots) if sha is not None])
 
 
 class FailureIndex:
@@ -153,7 +176,9 @@ class FailureIndex:
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
+            # Foreign keys stay declared but unenforced (SQLite's default): the only writer puts a
+            # failure's blobs in the same transaction, before it, and nothing deletes blobs.
+            # Enforcing them re-checked that guarantee at ~10% of the write cost.
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise FailureIndexError(f"{self.path} is not a usable failure index: {exc}") from exc
@@ -229,56 +254,17 @@ class FailureIndex:
         return added
 
     def _insert_failures(self, rows: Sequence[_WireRow]) -> int:
+        """Blobs, then failures (a failure_id already stored is skipped), then their patterns."""
         if not rows:
             return 0
         c = self._conn
-        known = {r[0] for r in self._select_in("SELECT failure_id FROM failures WHERE failure_id IN",
-                                               [row.values[0] for row in rows])}
-        fresh: dict[str, _WireRow] = {}
-        for row in rows:
-            if row.values[0] not in known:
-                fresh.setdefault(row.values[0], row)
-        if not fresh:
-            return 0
-
-        # Pattern bookkeeping: which (fingerprint, session) pairs are new, before inserting.
-        by_fp: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        for row in fresh.values():
-            by_fp[row.values[_COL["fingerprint"]]].append(row.values)
-        pattern_rows = []
-        s_col, t_col = _COL["session_id"], _COL["ts"]
-        for fp, group in by_fp.items():
-            sessions = {v[s_col] for v in group}
-            seen = {r[0] for r in self._select_in(
-                "SELECT DISTINCT session_id FROM failures WHERE fingerprint = ? AND session_id IN",
-                [x for x in sessions if x is not None], fp)}
-            if None in sessions and c.execute(
-                "SELECT 1 FROM failures WHERE fingerprint = ? AND session_id IS NULL LIMIT 1", (fp,)
-            ).fetchone():
-                seen.add(None)
-            last = max(group, key=lambda v: v[t_col])
-            pattern_rows.append((fp, last[_COL["agent_id"]], last[_COL["node_id"]], last[_COL["error_type"]],
-                                 last[_COL["kind"]], last[_COL["error_message"]], last[_COL["transient"]],
-                                 len(group), len(sessions - seen), min(v[t_col] for v in group), last[t_col]))
-
-        blobs = {sha: (sha, text, len(text)) for row in fresh.values() for sha, text in row.blobs}
-        c.executemany("INSERT OR IGNORE INTO blobs (sha256, content, size) VALUES (?, ?, ?)", blobs.values())
-        c.executemany(f"INSERT INTO failures ({_FAILURE_COLUMNS}) VALUES ({', '.join('?' * len(_COL))})",
-                      [row.values for row in fresh.values()])
-        c.executemany(
-            """INSERT INTO patterns (fingerprint, agent_id, node_id, error_type, kind, sample_message, transient,
-                                     count, sessions, first_seen, last_seen)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT (fingerprint) DO UPDATE SET
-                   count = count + excluded.count,
-                   sessions = sessions + excluded.sessions,
-                   first_seen = min(first_seen, excluded.first_seen),
-                   last_seen = max(last_seen, excluded.last_seen),
-                   sample_message = CASE WHEN excluded.last_seen >= last_seen
-                                         THEN excluded.sample_message ELSE sample_message END""",
-            pattern_rows,
-        )
-        return len(fresh)
+        before = c.execute("SELECT coalesce(max(rowid), 0) FROM failures").fetchone()[0]
+        c.executemany("INSERT OR IGNORE INTO blobs (sha256, content, size) VALUES (?, ?, ?)",
+                      {sha: (sha, text, len(text)) for row in rows for sha, text in row.blobs}.values())
+        added = c.executemany(_INSERT_FAILURE, [row.values for row in rows]).rowcount
+        if added:
+            c.execute(_COUNT_PATTERNS, {"before": before})
+        return added
 
     def _upsert_runs(self, outcomes: Sequence[RunOutcome]) -> None:
         self._conn.executemany(
@@ -294,14 +280,6 @@ class FailureIndex:
             [(o.session_id, o.agent_id or "", o.agent_version, _ts(o.started_at), _ts(o.ended_at), int(o.success),
               o.quality, o.failures) for o in outcomes],
         )
-
-    def _select_in(self, sql: str, values: Sequence[Any], *leading: Any) -> list[tuple[Any, ...]]:
-        """``sql IN (?, ...)`` in chunks that stay under SQLite's parameter limit."""
-        out: list[tuple[Any, ...]] = []
-        for i in range(0, len(values), 500):
-            chunk = values[i : i + 500]
-            out += self._conn.execute(f"{sql} ({', '.join('?' * len(chunk))})", (*leading, *chunk)).fetchall()
-        return out
 
     def resolve(self, fingerprint: str, resolution: str, evolution_triggered: bool = True,
                 agent_version: str | None = None) -> Resolution:
