@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import format_span_id, format_trace_id
 
 from . import semconv
@@ -31,12 +32,9 @@ _log = logging.getLogger(__name__)
 
 
 class _Item(NamedTuple):
-    failures: tuple[tuple[Mapping[str, Any], int], ...]  # (event attributes, event time ns)
-    run: Mapping[str, Any] | None  # the hive.run event's attributes
-    trace_id: int
-    span_id: int
-    start_ns: int
-    end_ns: int
+    span: ReadableSpan  # ended, so immutable: the writer reads ids and times from it
+    failures: list[Event]  # its hive.failure events
+    run: Event | None  # its hive.run event
 
 
 @dataclass(frozen=True)
@@ -85,8 +83,8 @@ class FailureIndexProcessor(SpanProcessor):
         events = span.events
         if not events:  # the common case: one tuple, nothing else
             return
-        failures = tuple((e.attributes, e.timestamp) for e in events if e.name == semconv.FAILURE_EVENT)
-        run = next((e.attributes for e in events if e.name == semconv.RUN_EVENT), None)
+        failures = [e for e in events if e.name == semconv.FAILURE_EVENT]
+        run = next((e for e in events if e.name == semconv.RUN_EVENT), None)
         if not failures and run is None:
             return
         if self._stopping.is_set():
@@ -95,10 +93,7 @@ class FailureIndexProcessor(SpanProcessor):
         if len(self._queue) >= self._max_queue:
             self._count_drop("the queue is full")
             return
-        # Event attributes are immutable in the SDK: keep references, copy nothing here.
-        ctx = span.context
-        self._queue.append(_Item(failures, run, ctx.trace_id if ctx else 0, ctx.span_id if ctx else 0,
-                                 span.start_time or 0, span.end_time or 0))
+        self._queue.append(_Item(span, failures, run))  # references only: events are immutable in the SDK
         if len(self._queue) >= self._max_batch and not self._wake.is_set():
             self._wake.set()
 
@@ -147,9 +142,10 @@ class FailureIndexProcessor(SpanProcessor):
         runs: list[RunOutcome] = []
         for item in batch:
             try:
-                failures += [self._wire(attrs, ns, item) for attrs, ns in item.failures]
+                failures += [self._wire(event, item.span) for event in item.failures]
                 if item.run is not None:
-                    runs.append(run_from_attributes(item.run, _dt(item.start_ns), _dt(item.end_ns)))
+                    runs.append(run_from_attributes(item.run.attributes, _dt(item.span.start_time or 0),
+                                                    _dt(item.span.end_time or 0)))
             except Exception as exc:  # noqa: BLE001 - one malformed span must not lose the batch
                 self._error("malformed failure span", exc)
         index = self._open()
@@ -169,19 +165,23 @@ class FailureIndexProcessor(SpanProcessor):
             self._runs_written += runs_written
 
     @staticmethod
-    def _wire(attributes: Mapping[str, Any], timestamp_ns: int, item: _Item) -> Mapping[str, Any]:
+    def _wire(event: Event, span: ReadableSpan) -> Mapping[str, Any]:
         """Prepared attributes for the index; events not made by record_failure are prepared here."""
-        attributes = dict(attributes)  # one pass over the SDK's mapping, then plain dict lookups
+        # One copy into a plain dict, then C-speed lookups. The SDK's BoundedAttributes has a
+        # dict copy(); any other Mapping is copied key by key.
+        attributes = event.attributes
+        attributes = attributes.copy() if isinstance(attributes, BoundedAttributes) else dict(attributes or {})
         if attributes.get(semconv.FAILURE_PREPARED) is True:
             return attributes
         record = from_attributes(attributes)
         update: dict[str, Any] = {}
-        if record.trace_id is None and item.trace_id:
-            update["trace_id"] = format_trace_id(item.trace_id)
-        if record.span_id is None and item.span_id:
-            update["span_id"] = format_span_id(item.span_id)
-        if semconv.FAILURE_PREFIX + "timestamp" not in attributes and timestamp_ns:
-            update["timestamp"] = _dt(timestamp_ns)
+        ctx = span.context
+        if record.trace_id is None and ctx is not None:
+            update["trace_id"] = format_trace_id(ctx.trace_id)
+        if record.span_id is None and ctx is not None:
+            update["span_id"] = format_span_id(ctx.span_id)
+        if semconv.FAILURE_PREFIX + "timestamp" not in attributes and event.timestamp:
+            update["timestamp"] = _dt(event.timestamp)
         return to_attributes(prepare(record.model_copy(update=update)))
 
     def _try_add(self, index: FailureIndex, failures: list[Mapping[str, Any]], runs: list[RunOutcome]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -21,14 +22,20 @@ def test_thousand_spans_hundred_failures_exactly_hundred_rows(pipeline: Pipeline
             span.add_event("ordinary event")
             if i % 10 == 0:
                 hof.record_failure(hof.FailureRecord(agent_id="a", node_id=f"n{i % 3}", session_id=f"s{i}",
-                                                     error_type="builtins.ValueError", error_message=f"bad {i}"))
+                                                     error_type="builtins.ValueError", error_message=f"bad {i}",
+                                                     input_context={"row": i}, graph_snapshot={"id": "a"}))
     pipeline.flush()
     assert pipeline.processor.stats().written == 100
     with pipeline.index() as index:
         rows = index.recent(limit=10_000)
         assert len(rows) == 100
         assert {int(r.session_id[1:]) for r in rows} == set(range(0, 1000, 10))
+        assert all(r.input_context == {"row": int(r.session_id[1:])} for r in rows)
+        assert sorted((p.count, p.sessions) for p in index.patterns()) == [(33, 33), (33, 33), (34, 34)]
         assert index.stats().runs == 0  # plain spans wrote nothing, not even runs
+    with sqlite3.connect(pipeline.db_path) as conn:  # every snapshot a failure points to is stored, once
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("SELECT count(*) FROM blobs").fetchone() == (101,)
     assert len(pipeline.exporter.get_finished_spans()) == 1000
 
 
