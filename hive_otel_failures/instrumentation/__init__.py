@@ -23,7 +23,7 @@ from collections.abc import Collection
 from datetime import datetime, timezone
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
@@ -85,17 +85,21 @@ class _guard:  # noqa: N801 - used like a function: ``with _guard("what"):``
         return False
 
 
-class _Running:
-    """While Hive runs inside ``span``: ``unit`` collects what happens, and Hive's JSON logs
-    carry the span's trace and span ids. A plain class: this is on every span's path."""
+class _Active:
+    """``span`` as the current span, ended on exit; while Hive runs inside it, ``unit`` collects
+    what happens and Hive's JSON logs carry the span's trace and span ids.
 
-    __slots__ = ("span", "unit", "log_context", "_unit_token", "_log_token")
+    One plain class rather than the SDK's generator context managers: it is on every step's path.
+    """
 
-    def __init__(self, span: Span, unit: UnitScope | None, log_context: Any) -> None:
+    __slots__ = ("span", "unit", "log_context", "_context_token", "_unit_token", "_log_token")
+
+    def __init__(self, span: Span, unit: UnitScope | None = None, log_context: Any = None) -> None:
         self.span, self.unit, self.log_context = span, unit, log_context
-        self._unit_token = self._log_token = None
+        self._context_token = self._unit_token = self._log_token = None
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Span:
+        self._context_token = context.attach(trace.set_span_in_context(self.span))
         if self.unit is not None:
             self._unit_token = current_unit.set(self.unit)
         if self.log_context is not None:
@@ -104,12 +108,15 @@ class _Running:
                 self._log_token = self.log_context.set({**(self.log_context.get() or {}),
                                                         "trace_id": format_trace_id(ctx.trace_id),
                                                         "span_id": format_span_id(ctx.span_id)})
+        return self.span
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._log_token is not None:
             self.log_context.reset(self._log_token)
         if self._unit_token is not None:
             current_unit.reset(self._unit_token)
+        context.detach(self._context_token)
+        self.span.end()
 
 
 def _record(span: Span, unit: UnitScope, **fields: Any) -> None:
@@ -186,8 +193,12 @@ class _Hooks:
         self.export_content = export_content_enabled()  # tool arguments on spans only when opted in
         self.log_context = _hive_log_context()
 
-    def running(self, span: Span, unit: UnitScope | None, *, bind_logs: bool = True) -> _Running:
-        return _Running(span, unit, self.log_context if bind_logs else None)
+    def active(self, name: str, attributes: dict[str, Any] | None = None, unit: UnitScope | None = None, *,
+               bind_logs: bool = True) -> _Active:
+        """A new span for a Hive step, current inside ``with``; status and exceptions are ours to set."""
+        span = self.tracer.start_span(name, attributes=attributes, record_exception=False,
+                                      set_status_on_exception=False)
+        return _Active(span, unit, self.log_context if bind_logs else None)
 
     # --- graph path --------------------------------------------------------------------------
     async def orchestrator_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -202,17 +213,18 @@ class _Hooks:
                 session_id = getter() or ""
             session_id = session_id or str(getattr(instance, "_execution_id", "") or getattr(instance, "_run_id", ""))
             run = RunScope(agent_id=str(getattr(graph, "id", "graph")), session_id=session_id, definition=definition)
+        attributes: dict[str, Any] = {}
+        with _guard("workflow attributes"):
+            if run:
+                attributes = {semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_WORKFLOW,
+                              semconv.GEN_AI_AGENT_ID: run.agent_id,
+                              semconv.GEN_AI_AGENT_NAME: str(getattr(graph, "name", "") or run.agent_id),
+                              semconv.GEN_AI_CONVERSATION_ID: run.session_id,
+                              semconv.HIVE_AGENT_VERSION: run.definition.version}
         name = run.agent_id if run else "graph"
-        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_WORKFLOW} {name}", record_exception=False,
-                                               set_status_on_exception=False) as span:
+        # Hive sets its own log trace context on this path (see start_run).
+        with self.active(f"{semconv.OP_INVOKE_WORKFLOW} {name}", attributes, bind_logs=False) as span:
             token = current_run.set(run) if run else None
-            with _guard("workflow attributes"):
-                if run:
-                    span.set_attributes({semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_WORKFLOW,
-                                         semconv.GEN_AI_AGENT_ID: run.agent_id,
-                                         semconv.GEN_AI_AGENT_NAME: str(getattr(graph, "name", "") or run.agent_id),
-                                         semconv.GEN_AI_CONVERSATION_ID: run.session_id,
-                                         semconv.HIVE_AGENT_VERSION: run.definition.version})
             try:
                 result = await wrapped(*args, **kwargs)
             except BaseException as exc:
@@ -254,15 +266,13 @@ class _Hooks:
         unit = UnitScope(agent_id=run.agent_id if run else None, node_id=node_id,
                          session_id=run.session_id if run else None, definition=run.definition if run else None,
                          input_context=getattr(ctx, "input_data", None))
-        with self.tracer.start_as_current_span(f"hive.node {node_id}", record_exception=False,
-                                               set_status_on_exception=False) as span:
-            span.set_attribute(semconv.HIVE_NODE_ID, node_id)
-            if run:
-                span.set_attribute(semconv.GEN_AI_AGENT_ID, run.agent_id)
+        attributes = {semconv.HIVE_NODE_ID: node_id}
+        if run:
+            attributes[semconv.GEN_AI_AGENT_ID] = run.agent_id
+        with self.active(f"hive.node {node_id}", attributes, unit, bind_logs=False) as span:
             restore = self._trace_attempts(node_impl, node_id, unit)
             try:
-                with self.running(span, unit, bind_logs=False):  # Hive sets its own log context on this path
-                    result = await wrapped(*args, **kwargs)
+                result = await wrapped(*args, **kwargs)
             finally:
                 restore()
             with _guard("node end"):
@@ -281,13 +291,13 @@ class _Hooks:
         original = getattr(node_impl, "execute", None)
         if original is None or getattr(original, "_hof_attempts", False):
             return lambda: None
-        tracer = self.tracer
+        active = self.active
 
         async def execute(ctx: Any) -> Any:
             unit.attempts += 1
-            with tracer.start_as_current_span(f"hive.node.attempt {node_id}", record_exception=False,
-                                              set_status_on_exception=False) as span:
-                span.set_attributes({semconv.HIVE_NODE_ID: node_id, semconv.HIVE_NODE_ATTEMPT: unit.attempts})
+            with active(f"hive.node.attempt {node_id}", {semconv.HIVE_NODE_ID: node_id,
+                                                         semconv.HIVE_NODE_ATTEMPT: unit.attempts},
+                        bind_logs=False) as span:
                 try:
                     result = await original(ctx)
                 except Exception as exc:
@@ -342,14 +352,12 @@ class _Hooks:
             unit = _agent_unit(info, {"task": getattr(instance, "task", None),
                                       "input_data": getattr(ctx, "input_data", None)})
         name = (info or {}).get("name") or "worker"
-        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {name}", record_exception=False,
-                                               set_status_on_exception=False) as span:
-            with _guard("worker attributes"):
-                span.set_attributes(_agent_attributes(info or {}))
-                span.set_attribute("hive.worker.id", str(getattr(instance, "id", "")))
+        attributes: dict[str, Any] = {}
+        with _guard("worker attributes"):
+            attributes = {**_agent_attributes(info or {}), semconv.HIVE_WORKER_ID: str(getattr(instance, "id", ""))}
+        with self.active(f"{semconv.OP_INVOKE_AGENT} {name}", attributes, unit) as span:
             try:
-                with self.running(span, unit):
-                    result = await wrapped(*args, **kwargs)
+                result = await wrapped(*args, **kwargs)
             except BaseException as exc:
                 with _guard("worker crashed"):
                     if unit and not isinstance(exc, asyncio.CancelledError):
@@ -402,12 +410,9 @@ class _Hooks:
         attributes: dict[str, Any] = {}
         with _guard("loop attributes"):
             attributes = _agent_attributes(info)
-        with self.tracer.start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}",
-                                               attributes=attributes, record_exception=False,
-                                               set_status_on_exception=False) as span:
+        with self.active(f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}", attributes, owner) as span:
             try:
-                with self.running(span, owner):
-                    result = await wrapped(*args, **kwargs)
+                result = await wrapped(*args, **kwargs)
             except BaseException as exc:
                 with _guard("loop raised"):
                     if not isinstance(exc, asyncio.CancelledError):
@@ -453,14 +458,12 @@ class _Hooks:
         name = str(getattr(tc, "tool_name", "tool"))
         attributes = {semconv.GEN_AI_OPERATION_NAME: semconv.OP_EXECUTE_TOOL, semconv.GEN_AI_TOOL_NAME: name,
                       semconv.GEN_AI_TOOL_CALL_ID: str(getattr(tc, "tool_use_id", "") or "")}
-        with self.tracer.start_as_current_span(f"{semconv.OP_EXECUTE_TOOL} {name}", attributes=attributes,
-                                               record_exception=False, set_status_on_exception=False) as span:
-            with _guard("tool attributes"):
-                if self.export_content:
-                    span.set_attribute(semconv.GEN_AI_TOOL_CALL_ARGUMENTS, safe_text(getattr(tc, "tool_input", None)))
+        with _guard("tool attributes"):
+            if self.export_content:
+                attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = safe_text(getattr(tc, "tool_input", None))
+        with self.active(f"{semconv.OP_EXECUTE_TOOL} {name}", attributes) as span:
             try:
-                with self.running(span, None):
-                    result = await wrapped(*args, **kwargs)
+                result = await wrapped(*args, **kwargs)
             except Exception as exc:
                 with _guard("tool raised"):
                     _record_exception(span, exc)
