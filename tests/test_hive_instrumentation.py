@@ -97,17 +97,18 @@ def test_node_that_raises(hive: Hive) -> None:
     assert record.agent_version and record.agent_version.startswith("sha256:")
 
     workflow = hive.span("invoke_workflow report-agent")
-    node = hive.span("hive.node fail_node")
-    attempt = hive.span("hive.node.attempt fail_node")
+    node = hive.span("hive.node fail_node")  # its one attempt
     assert workflow.parent is None
     assert workflow.attributes["gen_ai.operation.name"] == "invoke_workflow"
     assert workflow.attributes["gen_ai.agent.id"] == "report-agent"
     assert workflow.status.status_code is StatusCode.ERROR
     assert workflow.attributes["error.type"] == "builtins.ValueError"
     assert hive.children(workflow) == ["hive.node fail_node", "hive.node prepare"]
-    assert hive.children(node) == ["hive.node.attempt fail_node"]
+    assert hive.children(node) == []
+    assert node.attributes["hive.node.id"] == "fail_node" and node.attributes["hive.node.attempt"] == 1
     assert node.status.status_code is StatusCode.ERROR and len(failure_events(node)) == 1
-    assert attempt.status.status_code is StatusCode.ERROR and attempt.attributes["error.type"] == "builtins.ValueError"
+    assert node.attributes["error.type"] == "builtins.ValueError"
+    assert [e.name for e in node.events] == ["exception", "hive.failure"]
     assert hive.span("hive.node prepare").status.status_code is StatusCode.UNSET
     assert_ids(record, node)
 
@@ -119,7 +120,7 @@ def test_a_secret_in_an_exception_is_scrubbed_on_the_span_and_in_the_record(hive
 
     graph, registry = hs.raising_graph()
     run(hs.run_graph(hive.work, "session_S", graph, {**registry, "fail_node": LeakyNode()}))
-    (event,) = [e for e in hive.span("hive.node.attempt fail_node").events if e.name == "exception"]
+    (event,) = [e for e in hive.span("hive.node fail_node").events if e.name == "exception"]
     assert event.attributes["exception.type"] == "builtins.PermissionError"
     for value in (event.attributes["exception.message"], event.attributes["exception.stacktrace"]):
         assert "Abcdefghijklmnop" not in value and "[REDACTED]" in value
@@ -131,9 +132,12 @@ def test_node_fails_after_retries_counts_true_attempts(hive: Hive) -> None:
     graph, registry = hs.soft_fail_graph()
     result = run(hs.run_graph(hive.work, "session_B", graph, registry))
     (record,) = hive.records()
-    attempts = [s for s in hive.spans() if s.name == "hive.node.attempt soft"]
+    attempts = sorted((s for s in hive.spans() if s.name == "hive.node soft"), key=lambda s: s.start_time)
     assert record.attempts == len(attempts) == 2
     assert [s.attributes["hive.node.attempt"] for s in attempts] == [1, 2]
+    assert all(s.status.status_code is StatusCode.ERROR for s in attempts)
+    assert attempts[0].end_time <= attempts[1].start_time  # an attempt's span ends with it, not at the retry
+    assert [len(failure_events(s)) for s in attempts] == [0, 1]  # the node's record is on its last attempt
     assert record.kind == "node_failed" and record.error_type == "hive.node_failed"
     assert "total != sum(items)" in record.error_message
     assert result.retry_details == {"soft": 2}  # Hive counts 2 retries for 1 retry; we report 2 attempts
@@ -149,7 +153,7 @@ def test_event_loop_node_whose_tool_then_llm_fail(hive: Hive) -> None:
     (call,) = record.tool_calls
     assert (call.tool_name, call.arguments, call.is_error) == ("flaky_tool", {"q": "ACME"}, True)
 
-    attempt = hive.span("hive.node.attempt research")
+    attempt = hive.span("hive.node research")
     loop = hive.span("invoke_agent Research")
     tool = hive.span("execute_tool flaky_tool")
     assert loop.parent.span_id == attempt.context.span_id
@@ -158,7 +162,7 @@ def test_event_loop_node_whose_tool_then_llm_fail(hive: Hive) -> None:
     assert tool.attributes["gen_ai.tool.name"] == "flaky_tool"
     assert tool.status.status_code is StatusCode.ERROR
     assert loop.status.status_code is StatusCode.ERROR and loop.attributes["error.type"] == "builtins.ValueError"
-    assert failure_events(loop) == [] and len(failure_events(hive.span("hive.node research"))) == 1
+    assert failure_events(loop) == [] and len(failure_events(attempt)) == 1
 
 
 # --- current runtime: AgentLoop and colony workers -------------------------------------------

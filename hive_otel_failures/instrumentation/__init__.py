@@ -21,6 +21,7 @@ import importlib
 import logging
 from collections.abc import Collection
 from datetime import datetime, timezone
+from time import time_ns
 from typing import Any
 
 from opentelemetry import context, trace
@@ -175,6 +176,77 @@ def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) for k, v in attributes.items() if v not in (None, "")}
 
 
+class _Attempts:
+    """One span per attempt of a graph node, named ``hive.node <id>``, as OTel HTTP clients do
+    per resend. Hive flattens an attempt's exception into a string; ``execute``, wrapped on
+    the instance, sees it first. The last attempt's span stays open until the node is done,
+    so the node's failure record lands on it; earlier ones end when their attempt did.
+    """
+
+    __slots__ = ("tracer", "name", "attributes", "unit", "_node_impl", "_original", "_had_own", "_span", "_ended_at")
+
+    def __init__(self, tracer: trace.Tracer, node_impl: Any, name: str, attributes: dict[str, Any],
+                 unit: UnitScope) -> None:
+        self.tracer, self.name, self.attributes, self.unit = tracer, name, attributes, unit
+        self._node_impl, self._span, self._ended_at = node_impl, None, None
+        self._original = getattr(node_impl, "execute", None)
+        self._had_own = "execute" in getattr(node_impl, "__dict__", {})
+        if self._original is None or isinstance(getattr(self._original, "__self__", None), _Attempts):
+            self._original = None  # nothing to wrap, or an outer call already wraps it
+            return
+        try:  # on the instance: the object itself is untouched (Hive checks isinstance(node_impl, AgentLoop))
+            node_impl.execute = self._execute
+        except (AttributeError, TypeError):
+            self._original = None
+
+    async def _execute(self, ctx: Any) -> Any:
+        self._end_open_span()
+        self.unit.attempts += 1
+        span = self.tracer.start_span(self.name, attributes={**self.attributes,
+                                                             semconv.HIVE_NODE_ATTEMPT: self.unit.attempts},
+                                      record_exception=False, set_status_on_exception=False)
+        self._span = span
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            result = await self._original(ctx)  # type: ignore[misc]
+        except Exception as exc:
+            with _guard("attempt raised"):
+                self.unit.exception = exc
+                _record_exception(span, exc)
+                _fail_span(span, qualified_name(exc), str(exc))
+            raise
+        finally:
+            context.detach(token)
+            self._ended_at = time_ns()
+        with _guard("attempt end"):
+            if not getattr(result, "success", True):
+                _fail_span(span, "hive.node_failed", str(getattr(result, "error", "") or "node failed"))
+        return result
+
+    def last_span(self) -> Span:
+        """The last attempt's span; a fresh one if Hive failed the node before any attempt ran."""
+        if self._span is None:
+            self._span = self.tracer.start_span(self.name, attributes=self.attributes, record_exception=False,
+                                                set_status_on_exception=False)
+        return self._span
+
+    def _end_open_span(self) -> None:
+        if self._span is not None:
+            self._span.end(end_time=self._ended_at)
+            self._span = None
+
+    def close(self) -> None:
+        """End the last span (now: it covers Hive's verdict on the node) and restore ``execute``."""
+        with _guard("node restore"):
+            self._ended_at = None
+            self._end_open_span()
+            if self._original is not None:
+                if self._had_own:
+                    self._node_impl.execute = self._original
+                else:
+                    del self._node_impl.execute
+
+
 def _hive_log_context() -> Any:
     """Hive's log-context ContextVar (framework.observability), or None if this Hive has none."""
     try:
@@ -269,61 +341,22 @@ class _Hooks:
         attributes = {semconv.HIVE_NODE_ID: node_id}
         if run:
             attributes[semconv.GEN_AI_AGENT_ID] = run.agent_id
-        with self.active(f"hive.node {node_id}", attributes, unit, bind_logs=False) as span:
-            restore = self._trace_attempts(node_impl, node_id, unit)
-            try:
-                result = await wrapped(*args, **kwargs)
-            finally:
-                restore()
-            with _guard("node end"):
-                if not getattr(result, "success", True):
-                    # The whole data buffer (the node's ctx.buffer only shows its input keys).
-                    buffer = getattr(getattr(instance, "_gc", None), "buffer", None) or getattr(ctx, "buffer", None)
-                    self._node_failed(span, unit, run, buffer, result)
-            return result
-
-    def _trace_attempts(self, node_impl: Any, node_id: str, unit: UnitScope) -> Any:
-        """Wrap ``node_impl.execute`` on the instance: one span per attempt, exception kept.
-
-        Hive flattens the exception into a string; the wrapper sees it first. The object
-        itself is untouched (Hive checks ``isinstance(node_impl, AgentLoop)``).
-        """
-        original = getattr(node_impl, "execute", None)
-        if original is None or getattr(original, "_hof_attempts", False):
-            return lambda: None
-        active = self.active
-
-        async def execute(ctx: Any) -> Any:
-            unit.attempts += 1
-            with active(f"hive.node.attempt {node_id}", {semconv.HIVE_NODE_ID: node_id,
-                                                         semconv.HIVE_NODE_ATTEMPT: unit.attempts},
-                        bind_logs=False) as span:
-                try:
-                    result = await original(ctx)
-                except Exception as exc:
-                    unit.exception = exc
-                    _record_exception(span, exc)
-                    _fail_span(span, qualified_name(exc), str(exc))
-                    raise
-                if not getattr(result, "success", True):
-                    _fail_span(span, "hive.node_failed", str(getattr(result, "error", "") or "node failed"))
-                return result
-
-        execute._hof_attempts = True  # type: ignore[attr-defined]
-        had_own = "execute" in vars(node_impl) if hasattr(node_impl, "__dict__") else False
+        attempts = _Attempts(self.tracer, node_impl, f"hive.node {node_id}", attributes, unit)
+        token = current_unit.set(unit)
         try:
-            node_impl.execute = execute
-        except (AttributeError, TypeError):
-            return lambda: None
-
-        def restore() -> None:
-            with _guard("node restore"):
-                if had_own:
-                    node_impl.execute = original
-                else:
-                    del node_impl.execute
-
-        return restore
+            result = await wrapped(*args, **kwargs)
+        except BaseException:
+            attempts.close()
+            raise
+        finally:
+            current_unit.reset(token)
+        with _guard("node end"):
+            if not getattr(result, "success", True):
+                # The whole data buffer (the node's ctx.buffer only shows its input keys).
+                buffer = getattr(getattr(instance, "_gc", None), "buffer", None) or getattr(ctx, "buffer", None)
+                self._node_failed(attempts.last_span(), unit, run, buffer, result)
+        attempts.close()
+        return result
 
     def _node_failed(self, span: Span, unit: UnitScope, run: RunScope | None, buffer: Any, result: Any) -> None:
         error = str(getattr(result, "error", "") or "node failed")
