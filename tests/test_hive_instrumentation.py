@@ -144,7 +144,8 @@ def test_node_fails_after_retries_counts_true_attempts(hive: Hive) -> None:
 
 
 def test_event_loop_node_whose_tool_then_llm_fail(hive: Hive) -> None:
-    llm = hs.ScriptedLLM([("tool", "flaky_tool", {"q": "ACME"}), ("raise", ValueError("invalid_request_error (HTTP 400)"))])
+    llm = hs.ScriptedLLM([("tool", "flaky_tool", {"q": "ACME"}),
+                          ("raise", ValueError("invalid_request_error (HTTP 400)"))])
     run(hs.run_graph(hive.work, "session_C", hs.tool_graph(), {}, llm=llm, tools=[hs.FLAKY_TOOL],
                      loop_config={"max_iterations": 5}))
     (record,) = hive.records()

@@ -106,8 +106,8 @@ _SELECT_FAILURE = f"""
     LEFT JOIN blobs ms ON ms.sha256 = f.memory_snapshot_sha
     LEFT JOIN blobs gs ON gs.sha256 = f.graph_snapshot_sha
 """
-_INSERT_FAILURE = (f"INSERT INTO failures ({_FAILURE_COLUMNS}) VALUES ({', '.join('?' * (_FAILURE_COLUMNS.count(',') + 1))}) "
-                   "ON CONFLICT (failure_id) DO NOTHING")
+_INSERT_FAILURE = (f"INSERT INTO failures ({_FAILURE_COLUMNS}) "
+                   f"VALUES ({', '.join('?' * (_FAILURE_COLUMNS.count(',') + 1))}) ON CONFLICT (failure_id) DO NOTHING")
 _P = semconv.FAILURE_PREFIX
 _KINDS = frozenset(k.value for k in FailureKind)
 

@@ -1,0 +1,98 @@
+"""Instrumentation overhead on the Hive workload of hive_overhead.py, in instructions executed.
+
+Timings on a shared host move by 2x; instruction counts (valgrind --tool=callgrind) repeat
+to a fraction of a percent, so this is the figure to optimise against. Three processes run
+the same start-up, warm-up and one-off instrument()/uninstrument(); two of them then run N
+workload iterations, plain and instrumented. Subtracting the start-up-only process leaves
+the instructions per run.
+
+    python benchmarks/hive_instructions.py [--iterations 3]   # needs valgrind; ~10 minutes
+
+Prints figures; asserts nothing. Background threads (span export, the index writer) count too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def child(mode: str, iterations: int) -> None:
+    """Runs under valgrind: start-up, one plain warm-up iteration, then the measured iterations."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import asyncio
+    import logging
+
+    from hive_overhead import DiscardExporter, successful
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    import hive_otel_failures as hof
+    from hive_otel_failures.instrumentation import HiveInstrumentor
+
+    logging.getLogger("framework").setLevel(logging.CRITICAL)
+    work = Path(tempfile.mkdtemp())
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(DiscardExporter()))
+    processor = hof.FailureIndexProcessor(str(work / "failures.db"))
+    provider.add_span_processor(processor)
+
+    async def go(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            await successful(work, i)
+
+    asyncio.run(go(0, 1))  # the same warm-up for every process
+    # The same one-off work in every process too: the dependency check, imports, wrapping.
+    instrumentor = HiveInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    instrumentor.uninstrument()
+    if mode == "instrumented":
+        instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
+    asyncio.run(go(1, iterations))
+    processor.force_flush()
+    provider.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def instructions(mode: str, iterations: int) -> int:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "HIVE_NO_FILE_LOG": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
+             "--child", mode, "--iterations", str(iterations)],
+            env=env, capture_output=True, text=True, check=True)
+    match = re.search(r"Collected : (\d+)", proc.stderr)
+    if match is None:
+        raise SystemExit(f"valgrind printed no instruction count:\n{proc.stderr[-2000:]}")
+    return int(match[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=3, help="workload iterations (10 runs each) per side")
+    parser.add_argument("--child", choices=("start-up", "plain", "instrumented"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, 0 if args.child == "start-up" else args.iterations)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        counts = dict(zip(("start-up", "plain", "instrumented"),
+                          pool.map(lambda m: instructions(m, args.iterations), ("start-up", "plain", "instrumented"))))
+    runs = args.iterations * 10
+    plain, ours = (counts[m] - counts["start-up"] for m in ("plain", "instrumented"))
+    print(f"successful runs: {plain / runs / 1e6:.2f} M instructions per run -> {ours / runs / 1e6:.2f} M "
+          f"instrumented  ratio {ours / plain:.3f}  (target <= 1.10; {runs} runs per side)")
+
+
+if __name__ == "__main__":
+    main()
