@@ -176,6 +176,11 @@ def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) for k, v in attributes.items() if v not in (None, "")}
 
 
+def _start_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None) -> Span:
+    """A span for a Hive step; its status and exception events are ours to set, not the SDK's."""
+    return tracer.start_span(name, attributes=attributes, record_exception=False, set_status_on_exception=False)
+
+
 class _Attempts:
     """One span per attempt of a graph node, named ``hive.node <id>``, as OTel HTTP clients do
     per resend. Hive flattens an attempt's exception into a string; ``execute``, wrapped on
@@ -202,9 +207,7 @@ class _Attempts:
     async def _execute(self, ctx: Any) -> Any:
         self._end_open_span()
         self.unit.attempts += 1
-        span = self.tracer.start_span(self.name, attributes={**self.attributes,
-                                                             semconv.HIVE_NODE_ATTEMPT: self.unit.attempts},
-                                      record_exception=False, set_status_on_exception=False)
+        span = _start_span(self.tracer, self.name, {**self.attributes, semconv.HIVE_NODE_ATTEMPT: self.unit.attempts})
         self._span = span
         token = context.attach(trace.set_span_in_context(span))
         try:
@@ -226,8 +229,7 @@ class _Attempts:
     def last_span(self) -> Span:
         """The last attempt's span; a fresh one if Hive failed the node before any attempt ran."""
         if self._span is None:
-            self._span = self.tracer.start_span(self.name, attributes=self.attributes, record_exception=False,
-                                                set_status_on_exception=False)
+            self._span = _start_span(self.tracer, self.name, self.attributes)
         return self._span
 
     def _end_open_span(self) -> None:
@@ -267,10 +269,8 @@ class _Hooks:
 
     def active(self, name: str, attributes: dict[str, Any] | None = None, unit: UnitScope | None = None, *,
                bind_logs: bool = True) -> _Active:
-        """A new span for a Hive step, current inside ``with``; status and exceptions are ours to set."""
-        span = self.tracer.start_span(name, attributes=attributes, record_exception=False,
-                                      set_status_on_exception=False)
-        return _Active(span, unit, self.log_context if bind_logs else None)
+        """A new span for a Hive step, current inside ``with``."""
+        return _Active(_start_span(self.tracer, name, attributes), unit, self.log_context if bind_logs else None)
 
     # --- graph path --------------------------------------------------------------------------
     async def orchestrator_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
