@@ -146,12 +146,11 @@ def _wire_row(attrs: Mapping[str, Any]) -> _WireRow:
     except ValueError:
         raise FailureIndexError(f"hive.failure.timestamp is not ISO 8601: {stamp!r:.40}") from None
     snapshots = (input_context, memory, graph)
-    ic_sha, ms_sha, gs_sha = shas = [None if t is None else hashlib.sha256(t.encode("utf-8")).hexdigest()
-                                     for t in snapshots]
+    shas = [None if t is None else hashlib.sha256(t.encode("utf-8")).hexdigest() for t in snapshots]
     values = (
         failure_id, session_id, agent_id, node_id, ts, kind, error_type or "unknown", error_message or "",
         traceback, attempts, judge_feedback or "[]", _dumps_list(constraints), _dumps_list(criteria),
-        tool_calls or "[]", ic_sha, ms_sha, gs_sha, trace_id, span_id, agent_version, fingerprint,
+        tool_calls or "[]", *shas, trace_id, span_id, agent_version, fingerprint,
         int(bool(transient)), int(bool(evolved)), resolution,
     )
     return _WireRow(values, [(sha, text) for sha, text in zip(shas, snapshots) if sha is not None])
