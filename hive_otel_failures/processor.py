@@ -140,12 +140,12 @@ class FailureIndexProcessor(SpanProcessor):
     def _write(self, batch: list[_Item]) -> None:
         failures: list[Mapping[str, Any]] = []
         runs: list[RunOutcome] = []
-        for item in batch:
+        for span, events, run in batch:
             try:
-                failures += [self._wire(event, item.span) for event in item.failures]
-                if item.run is not None:
-                    runs.append(run_from_attributes(item.run.attributes, _dt(item.span.start_time or 0),
-                                                    _dt(item.span.end_time or 0)))
+                for event in events:
+                    failures.append(self._wire(event, span))
+                if run is not None:
+                    runs.append(run_from_attributes(run.attributes, _dt(span.start_time or 0), _dt(span.end_time or 0)))
             except Exception as exc:  # noqa: BLE001 - one malformed span must not lose the batch
                 self._error("malformed failure span", exc)
         index = self._open()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 import hive_otel_failures as hof
 from hive_otel_failures.index.schema import LATEST_VERSION, MIGRATIONS
+from hive_otel_failures.record import prepare, to_attributes
 
 
 def failure(i: int, **kw) -> hof.FailureRecord:
@@ -108,6 +110,26 @@ def test_the_same_failure_delivered_twice_is_stored_once(db_path: Path) -> None:
         assert index.add([record, record]) == 1
         assert index.add([record]) == 0
         assert index.patterns()[0].count == 1
+
+
+def test_prepared_attributes_from_elsewhere_are_checked_and_read_as_utc(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")  # a naive time must not be read as local time
+    time.tzset()
+    attributes = to_attributes(prepare(failure(1)))
+    with hof.open_index(db_path) as index:
+        naive = {**attributes, "hive.failure.timestamp": "2026-03-01T12:00:00"}  # no offset: taken as UTC
+        assert index.add_prepared([naive]) == 1
+        stored = index.get(attributes["hive.failure.failure_id"])
+        assert stored is not None and stored.timestamp == datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+        bad_time = {**attributes, "hive.failure.failure_id": "f2", "hive.failure.timestamp": "yesterday"}
+        no_id = {k: v for k, v in attributes.items() if k != "hive.failure.failure_id"}
+        for bad, message in ((bad_time, "ISO 8601"), (no_id, "failure_id")):
+            with pytest.raises(hof.FailureIndexError, match=message):
+                index.add_prepared([bad])
+        assert len(index.recent()) == 1  # a rejected call writes nothing
+    monkeypatch.undo()
+    time.tzset()
 
 
 def test_recent_filters_are_parameterised(db_path: Path) -> None:

@@ -112,12 +112,7 @@ _P = semconv.FAILURE_PREFIX
 _KINDS = frozenset(k.value for k in FailureKind)
 
 
-class _WireRow(NamedTuple):
-    values: tuple[Any, ...]  # in _FAILURE_COLUMNS order
-    blobs: list[tuple[str, str]]  # (sha256, JSON text) of the snapshots
-
-
-# The hive.failure attributes a failures row is made of, in the order _wire_row unpacks them.
+# The hive.failure attributes a failures row is made of, in the order _wire_rows unpacks them.
 _WIRE_KEYS = tuple(_P + name for name in (
     "failure_id", "session_id", "agent_id", "node_id", "timestamp", "kind", "error_type", "error_message",
     "traceback", "attempts", "judge_feedback", "constraints_violated", "criteria_unmet", "tool_calls",
@@ -125,35 +120,47 @@ _WIRE_KEYS = tuple(_P + name for name in (
     "transient", "evolution_triggered", "resolution"))
 
 
-def _wire_row(attrs: Mapping[str, Any]) -> _WireRow:
-    """A failures row from prepared ``hive.failure`` attributes.
+class _WireRows(NamedTuple):
+    failures: list[tuple[Any, ...]]  # in _FAILURE_COLUMNS order
+    blobs: list[tuple[str, str, int]]  # (sha256, content, size), each snapshot once
+
+
+def _wire_rows(failures: Iterable[Mapping[str, Any]]) -> _WireRows:
+    """Failures rows and their snapshot blobs from prepared ``hive.failure`` attributes.
 
     Prepared attributes come from ``to_attributes`` of a validated FailureRecord, so only
-    what the row cannot do without is checked here; the hot path of the writer stays lean.
-    JSON text that span limits may have cut is tolerated when read back.
+    what a row cannot do without is checked here: this loop is the writer's hot path, one
+    pass per batch. JSON text that span limits may have cut is tolerated when read back.
     """
-    (failure_id, session_id, agent_id, node_id, stamp, kind, error_type, error_message, traceback, attempts,
-     judge_feedback, constraints, criteria, tool_calls, input_context, memory, graph, trace_id, span_id,
-     agent_version, fingerprint, transient, evolved, resolution) = map(attrs.get, _WIRE_KEYS)
-    kind = kind or "exception"
-    attempts = 1 if attempts is None else attempts
-    if not (isinstance(failure_id, str) and isinstance(fingerprint, str) and isinstance(stamp, str)
-            and kind in _KINDS and type(attempts) is int):
-        raise FailureIndexError("a prepared failure needs failure_id, fingerprint, timestamp, a known kind and "
-                                f"integer attempts; got {dict(attrs)!r:.200}")
-    try:
-        ts = _ts(datetime.fromisoformat(stamp))
-    except ValueError:
-        raise FailureIndexError(f"hive.failure.timestamp is not ISO 8601: {stamp!r:.40}") from None
-    snapshots = (input_context, memory, graph)
-    shas = [None if t is None else hashlib.sha256(t.encode("utf-8")).hexdigest() for t in snapshots]
-    values = (
-        failure_id, session_id, agent_id, node_id, ts, kind, error_type or "unknown", error_message or "",
-        traceback, attempts, judge_feedback or "[]", _dumps_list(constraints), _dumps_list(criteria),
-        tool_calls or "[]", *shas, trace_id, span_id, agent_version, fingerprint,
-        int(bool(transient)), int(bool(evolved)), resolution,
-    )
-    return _WireRow(values, [(sha, text) for sha, text in zip(shas, snapshots) if sha is not None])
+    rows: list[tuple[Any, ...]] = []
+    hashes: dict[str, str] = {}  # snapshot text -> sha256: an agent's graph repeats in each of its failures
+    sha256, fromisoformat, utc = hashlib.sha256, datetime.fromisoformat, timezone.utc
+    for attrs in failures:
+        (failure_id, session_id, agent_id, node_id, stamp, kind, error_type, error_message, traceback, attempts,
+         judge_feedback, constraints, criteria, tool_calls, input_context, memory, graph, trace_id, span_id,
+         agent_version, fingerprint, transient, evolved, resolution) = map(attrs.get, _WIRE_KEYS)
+        kind = kind or "exception"
+        attempts = 1 if attempts is None else attempts
+        if not (isinstance(failure_id, str) and isinstance(fingerprint, str) and isinstance(stamp, str)
+                and kind in _KINDS and type(attempts) is int):
+            raise FailureIndexError("a prepared failure needs failure_id, fingerprint, timestamp, a known kind and "
+                                    f"integer attempts; got {dict(attrs)!r:.200}")
+        try:
+            ts = fromisoformat(stamp)
+        except ValueError:
+            raise FailureIndexError(f"hive.failure.timestamp is not ISO 8601: {stamp!r:.40}") from None
+        shas = []
+        for text in (input_context, memory, graph):
+            if text is not None and text not in hashes:
+                hashes[text] = sha256(text.encode("utf-8")).hexdigest()
+            shas.append(None if text is None else hashes[text])
+        rows.append((
+            failure_id, session_id, agent_id, node_id, (ts if ts.tzinfo else ts.replace(tzinfo=utc)).timestamp(),
+            kind, error_type or "unknown", error_message or "", traceback, attempts, judge_feedback or "[]",
+            _dumps_list(constraints), _dumps_list(criteria), tool_calls or "[]", *shas, trace_id, span_id,
+            agent_version, fingerprint, 1 if transient else 0, 1 if evolved else 0, resolution,
+        ))
+    return _WireRows(rows, [(sha, text, len(text)) for text, sha in hashes.items()])
 
 
 class FailureIndex:
@@ -239,7 +246,7 @@ class FailureIndex:
         This is how the span processor writes: no second scrub, no model round trip. A
         malformed entry raises FailureIndexError and nothing of the call is written.
         """
-        rows = [_wire_row(a) for a in failures]
+        rows = _wire_rows(failures)
         outcomes = list(runs)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -252,15 +259,14 @@ class FailureIndex:
                 raise
         return added
 
-    def _insert_failures(self, rows: Sequence[_WireRow]) -> int:
+    def _insert_failures(self, rows: _WireRows) -> int:
         """Blobs, then failures (a failure_id already stored is skipped), then their patterns."""
-        if not rows:
+        if not rows.failures:
             return 0
         c = self._conn
         before = c.execute("SELECT coalesce(max(rowid), 0) FROM failures").fetchone()[0]
-        c.executemany("INSERT OR IGNORE INTO blobs (sha256, content, size) VALUES (?, ?, ?)",
-                      {sha: (sha, text, len(text)) for row in rows for sha, text in row.blobs}.values())
-        added = c.executemany(_INSERT_FAILURE, [row.values for row in rows]).rowcount
+        c.executemany("INSERT OR IGNORE INTO blobs (sha256, content, size) VALUES (?, ?, ?)", rows.blobs)
+        added = c.executemany(_INSERT_FAILURE, rows.failures).rowcount
         if added:
             c.execute(_COUNT_PATTERNS, {"before": before})
         return added
