@@ -104,6 +104,19 @@ def test_failures_without_a_session_count_as_one_session(db_path: Path) -> None:
         assert [(p.count, p.sessions) for p in index.patterns()] == [(4, 2)]
 
 
+def test_sessions_count_once_across_handles_sharing_the_file(db_path: Path) -> None:
+    """Two writers (say, two Hive processes) on one file: each counts what the file holds."""
+    with hof.open_index(db_path) as first, hof.open_index(db_path) as second:
+        first.add([failure(1), failure(2)])
+        second.add([failure(1, failure_id="b1"), failure(3)])  # s1 is stored already, through the other handle
+        first.add([failure(3, failure_id="a3"), failure(4)])  # s3 likewise
+        second.add([failure(1, failure_id="b1-again", timestamp=datetime(2020, 1, 1, tzinfo=timezone.utc))])
+        pattern = first.patterns()[0]
+        assert (pattern.count, pattern.sessions) == (7, 4)
+        assert pattern.first_seen == datetime(2020, 1, 1, tzinfo=timezone.utc)
+        assert pattern.sample_message == "could not parse row 4"  # from the latest failure, not the last written
+
+
 def test_the_same_failure_delivered_twice_is_stored_once(db_path: Path) -> None:
     record = failure(1)
     with hof.open_index(db_path) as index:

@@ -73,24 +73,10 @@ _FAILURE_COLUMNS = (
     "memory_snapshot_sha, graph_snapshot_sha, trace_id, span_id, agent_version, fingerprint, transient, "
     "evolution_triggered, resolution"
 )
-# Set-based pattern bookkeeping for one batch: the new failures are those past the largest
-# rowid before the batch; a session is new to a pattern if no earlier failure of it has one.
-_COUNT_PATTERNS = """
-    WITH fresh AS (SELECT rowid AS rid, fingerprint, session_id, ts FROM failures WHERE rowid > :before),
-         latest AS (SELECT fingerprint, max(ts) AS last_seen, rid FROM fresh GROUP BY fingerprint),
-         totals AS (
-             SELECT fingerprint, count(*) AS count, min(ts) AS first_seen,
-                    count(DISTINCT CASE WHEN NOT EXISTS (
-                        SELECT 1 FROM failures AS old WHERE old.fingerprint = fresh.fingerprint
-                        AND old.session_id IS fresh.session_id AND old.rowid <= :before)
-                    THEN quote(session_id) END) AS sessions
-             FROM fresh GROUP BY fingerprint)
+_UPSERT_PATTERN = """
     INSERT INTO patterns (fingerprint, agent_id, node_id, error_type, kind, sample_message, transient,
                           count, sessions, first_seen, last_seen)
-    SELECT f.fingerprint, f.agent_id, f.node_id, f.error_type, f.kind, f.error_message, f.transient,
-           t.count, t.sessions, t.first_seen, l.last_seen
-    FROM latest AS l JOIN totals AS t ON t.fingerprint = l.fingerprint JOIN failures AS f ON f.rowid = l.rid
-    WHERE true
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (fingerprint) DO UPDATE SET
         count = count + excluded.count,
         sessions = sessions + excluded.sessions,
@@ -98,6 +84,9 @@ _COUNT_PATTERNS = """
         last_seen = max(last_seen, excluded.last_seen),
         sample_message = CASE WHEN excluded.last_seen >= last_seen THEN excluded.sample_message ELSE sample_message END
 """
+_PAIR_STORED_BEFORE = "SELECT 1 FROM failures WHERE fingerprint = ? AND session_id IS ? AND rowid <= ? LIMIT 1"
+_KNOWN_PAIRS_MAX = 10_000
+_PATTERN_FROM_LATEST = ("agent_id", "node_id", "error_type", "kind", "error_message", "transient")
 _SELECT_FAILURE = f"""
     SELECT {", ".join("f." + c.strip() for c in _FAILURE_COLUMNS.split(","))},
            ic.content, ms.content, gs.content
@@ -106,6 +95,7 @@ _SELECT_FAILURE = f"""
     LEFT JOIN blobs ms ON ms.sha256 = f.memory_snapshot_sha
     LEFT JOIN blobs gs ON gs.sha256 = f.graph_snapshot_sha
 """
+_AT = {name.strip(): i for i, name in enumerate(_FAILURE_COLUMNS.split(","))}
 _INSERT_FAILURE = (f"INSERT INTO failures ({_FAILURE_COLUMNS}) "
                    f"VALUES ({', '.join('?' * (_FAILURE_COLUMNS.count(',') + 1))}) ON CONFLICT (failure_id) DO NOTHING")
 _P = semconv.FAILURE_PREFIX
@@ -171,6 +161,8 @@ class FailureIndex:
         self.path = Path(path).expanduser()
         self.limits = limits or Limits.from_env()
         self._lock = threading.RLock()
+        # (fingerprint, session) pairs known to be in the file; rows are never deleted or re-keyed.
+        self._known_pairs: set[tuple[str, str | None]] = set()
         if not self.path.exists():
             if not create:
                 raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
@@ -251,25 +243,56 @@ class FailureIndex:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                added = self._insert_failures(rows)
+                added, pairs = self._insert_failures(rows)
                 self._upsert_runs(outcomes)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            if len(self._known_pairs) + len(pairs) > _KNOWN_PAIRS_MAX:
+                self._known_pairs.clear()
+            self._known_pairs |= pairs  # only once committed: the cache never claims what the file lacks
         return added
 
-    def _insert_failures(self, rows: _WireRows) -> int:
-        """Blobs, then failures (a failure_id already stored is skipped), then their patterns."""
+    def _insert_failures(self, rows: _WireRows) -> tuple[int, set[tuple[str, str | None]]]:
+        """Blobs, then failures (a failure_id already stored is skipped), then their patterns.
+
+        Returns how many failures were added and their (fingerprint, session) pairs.
+        """
         if not rows.failures:
-            return 0
+            return 0, set()
         c = self._conn
         before = c.execute("SELECT coalesce(max(rowid), 0) FROM failures").fetchone()[0]
         c.executemany("INSERT OR IGNORE INTO blobs (sha256, content, size) VALUES (?, ?, ?)", rows.blobs)
         added = c.executemany(_INSERT_FAILURE, rows.failures).rowcount
-        if added:
-            c.execute(_COUNT_PATTERNS, {"before": before})
-        return added
+        fresh = rows.failures
+        if added < len(fresh):  # some failure_ids were stored already: count only what this call added
+            stored = {failure_id for (failure_id,) in c.execute(
+                "SELECT failure_id FROM failures WHERE rowid > ?", (before,))}
+            fresh = list({row[0]: row for row in reversed(fresh) if row[0] in stored}.values())  # first one won
+        return added, self._count_patterns(fresh, before)
+
+    def _count_patterns(self, rows: Sequence[tuple[Any, ...]], before: int) -> set[tuple[str, str | None]]:
+        """Add freshly stored failures rows to their patterns' counters, in this transaction.
+
+        A session counts for a pattern the first time it fails that way; whether it did
+        before this batch is asked of the file, unless already known from an earlier batch.
+        """
+        fingerprint_at, session_at, ts_at = _AT["fingerprint"], _AT["session_id"], _AT["ts"]
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            groups.setdefault(row[fingerprint_at], []).append(row)
+        updates, pairs = [], set()
+        for fingerprint, members in groups.items():
+            sessions = {(fingerprint, row[session_at]) for row in members}
+            new_sessions = sum(1 for pair in sessions - self._known_pairs
+                               if self._conn.execute(_PAIR_STORED_BEFORE, (*pair, before)).fetchone() is None)
+            pairs |= sessions
+            latest = max(members, key=lambda row: row[ts_at])
+            updates.append((fingerprint, *(latest[_AT[c]] for c in _PATTERN_FROM_LATEST), len(members), new_sessions,
+                            min(row[ts_at] for row in members), latest[ts_at]))
+        self._conn.executemany(_UPSERT_PATTERN, updates)
+        return pairs
 
     def _upsert_runs(self, outcomes: Sequence[RunOutcome]) -> None:
         self._conn.executemany(
