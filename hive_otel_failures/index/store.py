@@ -124,7 +124,7 @@ def _wire_rows(failures: Iterable[Mapping[str, Any]]) -> _WireRows:
     """
     rows: list[tuple[Any, ...]] = []
     hashes: dict[str, str] = {}  # snapshot text -> sha256: an agent's graph repeats in each of its failures
-    sha256, fromisoformat, utc = hashlib.sha256, datetime.fromisoformat, timezone.utc
+    sha256, fromisoformat = hashlib.sha256, datetime.fromisoformat
     for attrs in failures:
         (failure_id, session_id, agent_id, node_id, stamp, kind, error_type, error_message, traceback, attempts,
          judge_feedback, constraints, criteria, tool_calls, input_context, memory, graph, trace_id, span_id,
@@ -136,7 +136,7 @@ def _wire_rows(failures: Iterable[Mapping[str, Any]]) -> _WireRows:
             raise FailureIndexError("a prepared failure needs failure_id, fingerprint, timestamp, a known kind and "
                                     f"integer attempts; got {dict(attrs)!r:.200}")
         try:
-            ts = fromisoformat(stamp)
+            ts = _ts(fromisoformat(stamp))
         except ValueError:
             raise FailureIndexError(f"hive.failure.timestamp is not ISO 8601: {stamp!r:.40}") from None
         shas = []
@@ -145,10 +145,10 @@ def _wire_rows(failures: Iterable[Mapping[str, Any]]) -> _WireRows:
                 hashes[text] = sha256(text.encode("utf-8")).hexdigest()
             shas.append(None if text is None else hashes[text])
         rows.append((
-            failure_id, session_id, agent_id, node_id, (ts if ts.tzinfo else ts.replace(tzinfo=utc)).timestamp(),
-            kind, error_type or "unknown", error_message or "", traceback, attempts, judge_feedback or "[]",
-            _dumps_list(constraints), _dumps_list(criteria), tool_calls or "[]", *shas, trace_id, span_id,
-            agent_version, fingerprint, 1 if transient else 0, 1 if evolved else 0, resolution,
+            failure_id, session_id, agent_id, node_id, ts, kind, error_type or "unknown", error_message or "",
+            traceback, attempts, judge_feedback or "[]", _dumps_list(constraints), _dumps_list(criteria),
+            tool_calls or "[]", *shas, trace_id, span_id, agent_version, fingerprint, 1 if transient else 0,
+            1 if evolved else 0, resolution,
         ))
     return _WireRows(rows, [(sha, text, len(text)) for text, sha in hashes.items()])
 
