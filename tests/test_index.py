@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -125,10 +126,18 @@ def test_the_same_failure_delivered_twice_is_stored_once(db_path: Path) -> None:
         assert index.patterns()[0].count == 1
 
 
-def test_prepared_attributes_from_elsewhere_are_checked_and_read_as_utc(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TZ", "America/New_York")  # a naive time must not be read as local time
+@pytest.fixture
+def new_york_local_time() -> Iterator[None]:
+    """The process's local time zone is not UTC for the test; restored even when the test fails."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TZ", "America/New_York")
+        time.tzset()
+        yield
     time.tzset()
+
+
+@pytest.mark.usefixtures("new_york_local_time")  # a naive time must not be read as local time
+def test_prepared_attributes_from_elsewhere_are_checked_and_read_as_utc(db_path: Path) -> None:
     attributes = to_attributes(prepare(failure(1)))
     with hof.open_index(db_path) as index:
         naive = {**attributes, "hive.failure.timestamp": "2026-03-01T12:00:00"}  # no offset: taken as UTC
@@ -141,8 +150,6 @@ def test_prepared_attributes_from_elsewhere_are_checked_and_read_as_utc(
             with pytest.raises(hof.FailureIndexError, match=message):
                 index.add_prepared([bad])
         assert len(index.recent()) == 1  # a rejected call writes nothing
-    monkeypatch.undo()
-    time.tzset()
 
 
 def test_recent_filters_are_parameterised(db_path: Path) -> None:
