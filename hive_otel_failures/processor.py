@@ -1,7 +1,7 @@
 """FailureIndexProcessor: failure spans in, index rows out, never on the application's time.
 
 ``on_end`` runs on the thread that ended the span (inside Hive's agent loop). It only looks
-for ``hive.failure`` / ``hive.run`` events and enqueues; a writer thread turns
+for ``hive.failure`` / ``hive.run`` events, on spans that can carry them, and enqueues; a writer thread turns
 attributes into records and writes them in batched transactions. The queue is bounded: when
 it is full a record is dropped and counted rather than blocking the agent.
 """
@@ -22,7 +22,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import format_span_id, format_trace_id
+from opentelemetry.trace import StatusCode, format_span_id, format_trace_id
 
 from . import semconv
 from .index import FailureIndex, open_index
@@ -46,6 +46,14 @@ class ProcessorStats:
     runs_written: int
     dropped: int
     errors: int
+
+
+_UNSET = StatusCode.UNSET
+
+
+def _is_ours(span: ReadableSpan) -> bool:
+    scope = span.instrumentation_scope
+    return scope is not None and scope.name == semconv.INSTRUMENTATION_SCOPE
 
 
 def _dt(ns: int) -> datetime:
@@ -80,8 +88,13 @@ class FailureIndexProcessor(SpanProcessor):
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
+        # The common case, a span with neither, is decided without copying its events:
+        # record_failure sets status ERROR, and a successful run (status unset) is recorded
+        # only on the spans of this package's instrumentation (see record_run).
+        if span.status.status_code is _UNSET and not _is_ours(span):
+            return
         events = span.events
-        if not events:  # the common case: one tuple, nothing else
+        if not events:
             return
         failures = [e for e in events if e.name == semconv.FAILURE_EVENT]
         run = next((e for e in events if e.name == semconv.RUN_EVENT), None)

@@ -6,6 +6,10 @@ under ``hive.*`` and failure fields under ``hive.failure.*``.
 
 from __future__ import annotations
 
+# The tracer name of this package's Hive instrumentation: the index processor reads run
+# outcomes from its spans even when their status is unset (a successful run).
+INSTRUMENTATION_SCOPE = "hive_otel_failures"
+
 # --- OpenTelemetry / GenAI semantic conventions -------------------------------------------
 ERROR_TYPE = "error.type"
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"

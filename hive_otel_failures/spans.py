@@ -48,11 +48,21 @@ def record_failure(record: FailureRecord, span: Span | None = None) -> FailureRe
 
 
 def record_run(outcome: RunOutcome, span: Span | None = None) -> None:
-    """Mark ``span`` as covering one run, with its outcome, so the index can compute rates."""
+    """Mark ``span`` as covering one run, with its outcome, so the index can compute rates.
+
+    The index processor does not copy every span's events to look for outcomes: it reads
+    them from spans whose status is set and from the spans of this package's instrumentation.
+    So on a span of another tracer (your own runtime's), an unset status becomes OK or ERROR
+    from the outcome, as the OTel spec lets application code do. OK is final: record the
+    outcome once the run's result is known.
+    """
     try:
         span = span if span is not None else trace.get_current_span()
         attributes = run_attributes(outcome)
         span.add_event(semconv.RUN_EVENT, attributes)
         span.set_attribute(semconv.RUN_OUTCOME, attributes[semconv.RUN_OUTCOME])
+        scope = getattr(span, "instrumentation_scope", None)  # SDK spans have one; others are not recorded
+        if scope is not None and scope.name != semconv.INSTRUMENTATION_SCOPE and span.status.status_code is StatusCode.UNSET:
+            span.set_status(StatusCode.OK if outcome.success else StatusCode.ERROR)
     except Exception:  # noqa: BLE001
         _log.debug("hive-failures: could not record a run outcome", exc_info=True)

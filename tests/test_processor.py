@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 
 import hive_otel_failures as hof
+from hive_otel_failures import semconv
 
 from .conftest import Pipeline
 
@@ -62,12 +65,39 @@ def test_run_outcomes_become_rows_and_rates(pipeline: Pipeline) -> None:
     with pipeline.index() as index:
         stats = index.stats(agent_id="a")
     assert (stats.runs, stats.failed_runs, stats.failure_rate) == (4, 1, 0.25)
+    # On spans of another tracer the outcome sets the status, so the processor finds it cheaply.
+    statuses = [s.status.status_code for s in pipeline.exporter.get_finished_spans()]
+    assert statuses == [StatusCode.ERROR, StatusCode.OK, StatusCode.OK, StatusCode.OK]
+
+
+def test_a_successful_run_on_an_instrumentation_span_is_indexed_with_status_unset(pipeline: Pipeline) -> None:
+    tracer = pipeline.provider.get_tracer(semconv.INSTRUMENTATION_SCOPE)
+    with tracer.start_as_current_span("invoke_agent a"):
+        hof.record_run(hof.RunOutcome(session_id="s1", agent_id="a", success=True))
+    pipeline.flush()
+    (span,) = pipeline.exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.UNSET  # instrumentation leaves success unset (OTel spec)
+    with pipeline.index() as index:
+        assert index.stats(agent_id="a").runs == 1
+
+
+def test_a_failure_event_is_read_from_spans_with_status_set_only(pipeline: Pipeline) -> None:
+    """record_failure sets status ERROR; a bare event on an unset span is not read (no per-span copy)."""
+    with pipeline.tracer.start_as_current_span("not a failure"):
+        trace.get_current_span().add_event("hive.failure", {"hive.failure.error_message": "status unset"})
+    with pipeline.tracer.start_as_current_span("a failure") as span:
+        span.add_event("hive.failure", {"hive.failure.error_message": "status set"})
+        span.set_status(StatusCode.ERROR)
+    pipeline.flush()
+    with pipeline.index() as index:
+        assert [r.error_message for r in index.recent()] == ["status set"]
 
 
 def test_trace_and_span_ids_come_from_the_span(pipeline: Pipeline) -> None:
     with pipeline.tracer.start_as_current_span("node") as span:
         span.add_event("hive.failure", {"hive.failure.error_message": "raw event from another producer",
                                         "hive.failure.agent_id": "a"})
+        span.set_status(StatusCode.ERROR)
         ctx = span.get_span_context()
     pipeline.flush()
     with pipeline.index() as index:
@@ -134,9 +164,9 @@ def test_unwritable_index_never_raises_into_the_caller(tmp_path: Path) -> None:
 
 
 def test_a_malformed_failure_event_is_counted_and_the_rest_of_the_batch_kept(pipeline: Pipeline) -> None:
-    with pipeline.tracer.start_as_current_span("bad"):
-        from opentelemetry import trace
-        trace.get_current_span().add_event("hive.failure", {"hive.failure.attempts": "not a number"})
+    with pipeline.tracer.start_as_current_span("bad") as span:
+        span.add_event("hive.failure", {"hive.failure.attempts": "not a number"})
+        span.set_status(StatusCode.ERROR)
     with pipeline.tracer.start_as_current_span("good"):
         hof.record_failure(hof.FailureRecord(error_message="fine"))
     pipeline.flush()

@@ -589,9 +589,7 @@ class HiveInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
-        from .. import __name__ as package_name
-
-        tracer = trace.get_tracer(package_name, tracer_provider=kwargs.get("tracer_provider"))
+        tracer = trace.get_tracer(semconv.INSTRUMENTATION_SCOPE, tracer_provider=kwargs.get("tracer_provider"))
         hooks = _Hooks(tracer)
         wrappers = {
             ("Orchestrator", "execute"): hooks.orchestrator_execute,
