@@ -22,7 +22,8 @@ app = typer.Typer(help="Query the local index of Hive agent failures.", no_args_
 out = Console(width=shutil.get_terminal_size(fallback=(140, 24)).columns)
 err = Console(stderr=True)
 
-Db = Annotated[Optional[str], typer.Option("--db", help="Index path or sqlite:/// URL [default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")]
+Db = Annotated[Optional[str], typer.Option(
+    "--db", help="Index path or sqlite:/// URL [default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 Agent = Annotated[Optional[str], typer.Option("--agent", help="Only this agent id.")]
 Since = Annotated[Optional[str], typer.Option("--since", help="Window: 30m, 24h, 7d or an ISO 8601 time.")]
@@ -77,7 +78,8 @@ def _cut(text: str | None, n: int = 70) -> str:
 @app.command("list")
 def list_failures(db: Db = None, as_json: Json = False, agent: Agent = None,
                   node: Annotated[Optional[str], typer.Option("--node", help="Only this node id.")] = None,
-                  error_type: Annotated[Optional[str], typer.Option("--error-type", help="Only this error type.")] = None,
+                  error_type: Annotated[Optional[str],
+                                        typer.Option("--error-type", help="Only this error type.")] = None,
                   session: Annotated[Optional[str], typer.Option("--session", help="Only this session id.")] = None,
                   since: Since = None, limit: Annotated[int, typer.Option("--limit", min=0)] = 20) -> None:
     """The most recent failures, newest first."""
@@ -176,7 +178,8 @@ def resolve(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerpri
             resolution: Annotated[str, typer.Argument(help="What was done, e.g. 'added input validation'.")],
             db: Db = None, as_json: Json = False,
             agent_version: Annotated[Optional[str], typer.Option("--agent-version")] = None,
-            no_evolution: Annotated[bool, typer.Option("--no-evolution", help="Fixed without evolving the agent.")] = False) -> None:
+            no_evolution: Annotated[bool, typer.Option(
+                "--no-evolution", help="Fixed without evolving the agent.")] = False) -> None:
     """Record what was done about a pattern, so the next look does not start blind."""
     with _index(db) as index:
         result = index.resolve(fingerprint, resolution, evolution_triggered=not no_evolution,

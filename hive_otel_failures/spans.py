@@ -62,7 +62,8 @@ def record_run(outcome: RunOutcome, span: Span | None = None) -> None:
         span.add_event(semconv.RUN_EVENT, attributes)
         span.set_attribute(semconv.RUN_OUTCOME, attributes[semconv.RUN_OUTCOME])
         scope = getattr(span, "instrumentation_scope", None)  # SDK spans have one; others are not recorded
-        if scope is not None and scope.name != semconv.INSTRUMENTATION_SCOPE and span.status.status_code is StatusCode.UNSET:
+        theirs = scope is not None and scope.name != semconv.INSTRUMENTATION_SCOPE
+        if theirs and span.status.status_code is StatusCode.UNSET:
             span.set_status(StatusCode.OK if outcome.success else StatusCode.ERROR)
     except Exception:  # noqa: BLE001
         _log.debug("hive-failures: could not record a run outcome", exc_info=True)
