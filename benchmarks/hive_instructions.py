@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from callgrind import instructions, require_valgrind
 
 
 def child(mode: str, iterations: int) -> None:
@@ -61,20 +60,6 @@ def child(mode: str, iterations: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def instructions(mode: str, iterations: int) -> int:
-    env = {**os.environ, "PYTHONHASHSEED": "0", "HIVE_NO_FILE_LOG": "1"}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-             "--child", mode, "--iterations", str(iterations)],
-            env=env, capture_output=True, text=True, check=True)
-    match = re.search(r"Collected : (\d+)", proc.stderr)
-    if match is None:
-        raise SystemExit(f"valgrind printed no instruction count:\n{proc.stderr[-2000:]}")
-    return int(match[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=3, help="workload iterations (10 runs each) per side")
@@ -83,11 +68,11 @@ def main() -> None:
     if args.child:
         child(args.child, 0 if args.child == "start-up" else args.iterations)
         return
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    require_valgrind()
+    modes = ("start-up", "plain", "instrumented")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        counts = dict(zip(("start-up", "plain", "instrumented"),
-                          pool.map(lambda m: instructions(m, args.iterations), ("start-up", "plain", "instrumented"))))
+        counts = dict(zip(modes, pool.map(
+            lambda m: instructions(__file__, "--child", m, "--iterations", str(args.iterations)), modes)))
     runs = args.iterations * 10
     plain, ours = (counts[m] - counts["start-up"] for m in ("plain", "instrumented"))
     print(f"successful runs: {plain / runs / 1e6:.2f} M instructions per run -> {ours / runs / 1e6:.2f} M "
