@@ -269,7 +269,8 @@ class FailureIndex:
         if added < len(fresh):  # some failure_ids were stored already: count only what this call added
             stored = {failure_id for (failure_id,) in c.execute(
                 "SELECT failure_id FROM failures WHERE rowid > ?", (before,))}
-            fresh = list({row[0]: row for row in reversed(fresh) if row[0] in stored}.values())  # first one won
+            id_at = _AT["failure_id"]
+            fresh = list({row[id_at]: row for row in reversed(fresh) if row[id_at] in stored}.values())  # first won
         return added, self._count_patterns(fresh, before)
 
     def _count_patterns(self, rows: Sequence[tuple[Any, ...]], before: int) -> set[tuple[str, str | None]]:
