@@ -24,7 +24,9 @@ def instructions(script: str, *args: str, main_thread_only: bool = False) -> int
         threads = ["--separate-threads=yes"] if main_thread_only else []
         proc = subprocess.run(
             ["valgrind", "--tool=callgrind", *threads, f"--callgrind-out-file={out}", sys.executable, script, *args],
-            env=env, capture_output=True, text=True, check=True)
+            env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{script} {' '.join(args)} failed under valgrind:\n{proc.stderr[-3000:]}")
         if main_thread_only:  # one file per thread; the main thread's ends in -01
             match = re.search(r"^(?:summary|totals): (\d+)", Path(f"{out}-01").read_text(), re.M)
         else:
