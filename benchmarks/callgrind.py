@@ -9,6 +9,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
+
+
+class Count(NamedTuple):
+    all_threads: int
+    main_thread: int  # the application's thread; the rest is span export and the index writer
 
 
 def require_valgrind() -> None:
@@ -16,21 +22,21 @@ def require_valgrind() -> None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
 
 
-def instructions(script: str, *args: str, main_thread_only: bool = False) -> int:
-    """Instructions ``python script args`` executes: all threads, or the main thread's alone."""
+def instructions(script: str, *args: str) -> Count:
+    """Instructions ``python script args`` executes, in all threads and in the main thread."""
     env = {**os.environ, "PYTHONHASHSEED": "0", "HIVE_NO_FILE_LOG": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        threads = ["--separate-threads=yes"] if main_thread_only else []
         proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", *threads, f"--callgrind-out-file={out}", sys.executable, script, *args],
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
+             sys.executable, script, *args],
             env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{script} {' '.join(args)} failed under valgrind:\n{proc.stderr[-3000:]}")
-        if main_thread_only:  # one file per thread; the main thread's ends in -01
-            match = re.search(r"^(?:summary|totals): (\d+)", Path(f"{out}-01").read_text(), re.M)
-        else:
-            match = re.search(r"Collected : (\d+)", proc.stderr)
-    if match is None:
-        raise SystemExit(f"valgrind printed no instruction count:\n{proc.stderr[-2000:]}")
-    return int(match[1])
+        per_thread = {}  # one file per thread, numbered from -01 (the main thread)
+        for path in Path(tmp).glob("callgrind.out-*"):
+            match = re.search(r"^(?:summary|totals): (\d+)", path.read_text(), re.M)
+            if match is None:
+                raise SystemExit(f"no instruction count in {path.name}")
+            per_thread[path.name.rsplit("-", 1)[1]] = int(match[1])
+    return Count(sum(per_thread.values()), per_thread["01"])

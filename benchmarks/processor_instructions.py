@@ -71,7 +71,7 @@ def main() -> None:
     jobs = [(side, kind, n) for side, kind in itertools.product(SIDES, KINDS) for n in (counts[kind], 3 * counts[kind])]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = dict(zip(jobs, pool.map(
-            lambda job: instructions(__file__, "--child", *map(str, job), main_thread_only=True), jobs)))
+            lambda job: instructions(__file__, "--child", *map(str, job)).main_thread, jobs)))
     for kind in KINDS:
         n = counts[kind]
         per_span = {side: (results[(side, kind, 3 * n)] - results[(side, kind, n)]) / (2 * n) for side in SIDES}

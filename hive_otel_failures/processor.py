@@ -1,9 +1,9 @@
 """FailureIndexProcessor: failure spans in, index rows out, never on the application's time.
 
 ``on_end`` runs on the thread that ended the span (inside Hive's agent loop). It only looks
-for ``hive.failure`` / ``hive.run`` events, on spans that can carry them, and enqueues; a writer thread turns
-attributes into records and writes them in batched transactions. The queue is bounded: when
-it is full a record is dropped and counted rather than blocking the agent.
+for ``hive.failure`` / ``hive.run`` events, on spans that may carry them, and enqueues; a
+writer thread turns attributes into records and writes them in batched transactions. The
+queue is bounded: when it is full a record is dropped and counted rather than blocking the agent.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import StatusCode, format_span_id, format_trace_id
+from opentelemetry.trace import format_span_id, format_trace_id
 
 from . import semconv
 from .index import FailureIndex, open_index
 from .record import RunOutcome, from_attributes, prepare, run_from_attributes, to_attributes
+from .spans import may_carry_records
 
 _log = logging.getLogger(__name__)
 
@@ -46,14 +47,6 @@ class ProcessorStats:
     runs_written: int
     dropped: int
     errors: int
-
-
-_UNSET = StatusCode.UNSET
-
-
-def _is_ours(span: ReadableSpan) -> bool:
-    scope = span.instrumentation_scope
-    return scope is not None and scope.name == semconv.INSTRUMENTATION_SCOPE
 
 
 def _dt(ns: int) -> datetime:
@@ -88,10 +81,7 @@ class FailureIndexProcessor(SpanProcessor):
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
-        # The common case, a span with neither, is decided without copying its events:
-        # record_failure sets status ERROR, and a successful run (status unset) is recorded
-        # only on the spans of this package's instrumentation (see record_run).
-        if span.status.status_code is _UNSET and not _is_ours(span):
+        if not may_carry_records(span):  # the common case, decided without copying events
             return
         events = span.events
         if not events:

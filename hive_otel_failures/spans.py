@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
 
 from . import semconv
 from .record import FailureRecord, RunOutcome, prepare, run_attributes, to_attributes
 
 _log = logging.getLogger(__name__)
+_UNSET = StatusCode.UNSET  # read on every span's end; an enum member lookup runs Python code on 3.11
 _warned = False
 
 
@@ -61,9 +63,20 @@ def record_run(outcome: RunOutcome, span: Span | None = None) -> None:
         attributes = run_attributes(outcome)
         span.add_event(semconv.RUN_EVENT, attributes)
         span.set_attribute(semconv.RUN_OUTCOME, attributes[semconv.RUN_OUTCOME])
-        scope = getattr(span, "instrumentation_scope", None)  # SDK spans have one; others are not recorded
-        theirs = scope is not None and scope.name != semconv.INSTRUMENTATION_SCOPE
-        if theirs and span.status.status_code is StatusCode.UNSET:
+        if isinstance(span, ReadableSpan) and span.is_recording() and not may_carry_records(span):
             span.set_status(StatusCode.OK if outcome.success else StatusCode.ERROR)
     except Exception:  # noqa: BLE001
         _log.debug("hive-failures: could not record a run outcome", exc_info=True)
+
+
+def may_carry_records(span: ReadableSpan) -> bool:
+    """Whether the index processor looks into ``span``'s events; decided without copying them.
+
+    record_failure sets status ERROR, and record_run leaves a status unset only on the spans
+    of this package's instrumentation (a successful run, as the OTel spec asks of
+    instrumentation), so a span outside both holds neither a failure nor a run outcome.
+    """
+    if span.status.status_code is not _UNSET:
+        return True
+    scope = span.instrumentation_scope
+    return scope is not None and scope.name == semconv.INSTRUMENTATION_SCOPE
