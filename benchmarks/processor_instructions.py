@@ -29,31 +29,14 @@ FAILURE_SHARE = 10  # failure spans are costlier (scrub, fingerprint): a tenth a
 
 def child(side: str, kind: str, spans: int) -> None:
     """Runs under valgrind: the pipeline, then ``spans`` spans of one kind on this thread."""
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from processor_overhead import DiscardExporter, sample_record
+    from processor_overhead import make_pipeline, make_spans, sample_record
 
-    import hive_otel_failures as hof
-
-    provider = TracerProvider()
     # Delays past the run's end: no timer wake-ups of either background thread to count.
-    provider.add_span_processor(BatchSpanProcessor(DiscardExporter(), max_queue_size=100_000,
-                                                   schedule_delay_millis=10**7))
-    if side == "with":
-        db = Path(tempfile.mkdtemp()) / "failures.db"
-        provider.add_span_processor(hof.FailureIndexProcessor(str(db), max_queue_size=100_000,
-                                                              schedule_delay_millis=10**7))
+    provider, _ = make_pipeline(side == "with", Path(tempfile.mkdtemp()) / "failures.db", delay_millis=10**7)
     tracer = provider.get_tracer("bench")
-    records = [sample_record(i) for i in range(spans)] if kind == "failure" else []
+    records = [sample_record(i) for i in range(spans)] if kind == "failure" else None
     gc.disable()  # a collection would land on whichever side happens to run then
-    if kind == "failure":
-        for record in records:
-            with tracer.start_as_current_span("node") as span:
-                hof.record_failure(record, span)
-    else:
-        for _ in range(spans):
-            with tracer.start_as_current_span("node") as span:
-                span.set_attribute("k", 1)
+    make_spans(tracer, records, spans)
     os._exit(0)  # the measured part is over: no shutdown, flush or exit work to count
 
 

@@ -35,14 +35,29 @@ class DiscardExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def make_pipeline(with_index: bool, db: Path) -> tuple[TracerProvider, hof.FailureIndexProcessor | None]:
+def make_pipeline(with_index: bool, db: Path, delay_millis: int | None = None,
+                  ) -> tuple[TracerProvider, hof.FailureIndexProcessor | None]:
+    """A BatchSpanProcessor pipeline, with or without the index processor (default delays unless given)."""
+    delay = {} if delay_millis is None else {"schedule_delay_millis": delay_millis}
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(DiscardExporter(), max_queue_size=100_000))
+    provider.add_span_processor(BatchSpanProcessor(DiscardExporter(), max_queue_size=100_000, **delay))
     processor = None
     if with_index:
-        processor = hof.FailureIndexProcessor(str(db), max_queue_size=100_000)
+        processor = hof.FailureIndexProcessor(str(db), max_queue_size=100_000, **delay)
         provider.add_span_processor(processor)
     return provider, processor
+
+
+def make_spans(tracer, records: list[hof.FailureRecord] | None, n: int) -> None:
+    """The measured work: ``n`` plain spans, or one failure span per record."""
+    if records is not None:
+        for record in records:
+            with tracer.start_as_current_span("node") as span:
+                hof.record_failure(record, span)
+    else:
+        for _ in range(n):
+            with tracer.start_as_current_span("node") as span:
+                span.set_attribute("k", 1)
 
 
 def sample_record(i: int) -> hof.FailureRecord:
@@ -63,14 +78,7 @@ def time_block(tracer, records: list[hof.FailureRecord] | None, n: int) -> float
     gc.collect()
     gc.disable()  # as timeit does: a collection would land on whichever side happens to run then
     t0 = time.thread_time()
-    if records is not None:
-        for record in records:
-            with tracer.start_as_current_span("node") as span:
-                hof.record_failure(record, span)
-    else:
-        for _ in range(n):
-            with tracer.start_as_current_span("node") as span:
-                span.set_attribute("k", 1)
+    make_spans(tracer, records, n)
     elapsed = time.thread_time() - t0
     gc.enable()
     return elapsed / n
