@@ -30,7 +30,7 @@ from framework.tracker.decision_tracker import DecisionTracker
 from framework.tracker.runtime_log_store import RuntimeLogStore
 from framework.tracker.runtime_logger import RuntimeLogger
 
-from hive_otel_failures.instrumentation.demo import ScriptedLLM  # the one FAKE LLM, shared with the demo
+from hive_otel_failures.faces.demo import ScriptedLLM  # the one FAKE LLM, shared with the demo
 
 TOOL_LOG = logging.getLogger("tests.tool")
 

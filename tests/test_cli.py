@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import hive_otel_failures as hof
-from hive_otel_failures.cli import app
+from hive_otel_failures.faces.cli import app
 
 runner = CliRunner()
 

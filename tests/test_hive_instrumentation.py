@@ -235,7 +235,7 @@ def test_worker_whose_llm_raises(hive: Hive) -> None:
     (record,) = hive.records()
     assert (record.kind, record.error_type) == ("worker_crashed", "builtins.ValueError")
     assert record.error_message == "model not found (HTTP 404)"
-    assert "in stream" in record.traceback and "instrumentation/demo.py" in record.traceback
+    assert "in stream" in record.traceback and "faces/demo.py" in record.traceback
 
 
 def test_worker_that_crashes_before_publishing_anything(hive: Hive, monkeypatch: pytest.MonkeyPatch) -> None:

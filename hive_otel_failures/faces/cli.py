@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from .index import FailureIndex, FailureIndexError, open_index
+from ..index import FailureIndex, FailureIndexError, open_index
 
 app = typer.Typer(help="Query the local index of Hive agent failures.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -193,7 +193,7 @@ def resolve(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerpri
 def demo(db: Db = None) -> None:
     """Run real Hive agents (a scripted LLM: no key, no network) that fail, and show what the index learnt."""
     try:
-        from .instrumentation.demo import main as run_demo
+        from .demo import main as run_demo
     except ImportError as exc:
         err.print(f"[red]error:[/red] the demo needs Hive: pip install 'hive-otel-failures[hive]' ({exc})")
         raise typer.Exit(2) from None

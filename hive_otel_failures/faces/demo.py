@@ -160,7 +160,7 @@ def main(db: str | None = None) -> None:
     for agent, session, ok in runs:
         console.print(f"  {agent:<14} {session:<12} {'[green]ok[/green]' if ok else '[red]failed[/red]'}")
     console.print(f"\nindex: {handle.index_location}  ({handle.stats()})\n")
-    from ..cli import advise, patterns, stats
+    from .cli import advise, patterns, stats
 
     stats(db=handle.index_location, as_json=False, agent=None, since=None)
     patterns(db=handle.index_location, as_json=False, agent=None, since=None, limit=20)
