@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 from .bootstrap import Handle, configure
-from .index import Advice, FailureIndex, FailureIndexError, Pattern, Resolution, Stats, open_index
+from .index import (Advice, Diagnosis, FailureIndex, FailureIndexError, FixEffect, Pattern, Resolution, Stats,
+                    open_index)
 from .processor import FailureIndexProcessor, ProcessorStats
 from .record import FailureKind, FailureRecord, JudgeFeedback, RunOutcome, ToolCallAttempt
 from .spans import record_failure, record_run
@@ -35,7 +36,7 @@ def instrument(**configure_kwargs: object) -> Handle:
 
 
 __all__ = [
-    "Advice", "FailureIndex", "FailureIndexError", "FailureIndexProcessor", "FailureKind", "FailureRecord",
-    "Handle", "JudgeFeedback", "Pattern", "ProcessorStats", "Resolution", "RunOutcome", "Stats",
+    "Advice", "Diagnosis", "FailureIndex", "FailureIndexError", "FailureIndexProcessor", "FailureKind", "FailureRecord",
+    "FixEffect", "Handle", "JudgeFeedback", "Pattern", "ProcessorStats", "Resolution", "RunOutcome", "Stats",
     "ToolCallAttempt", "configure", "instrument", "open_index", "record_failure", "record_run",
 ]

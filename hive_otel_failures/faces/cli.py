@@ -190,6 +190,49 @@ def resolve(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerpri
 
 
 @app.command()
+def diagnose(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerprint or a unique prefix.")],
+             db: Db = None, as_json: Json = False,
+             budget: Annotated[int, typer.Option("--budget", min=500, help="Size limit in characters.")] = 12_000
+             ) -> None:
+    """What a coding agent needs to change the agent for a pattern, in Markdown (or --json)."""
+    with _index(db) as index:
+        result = index.diagnose(fingerprint, budget_chars=budget)
+    if as_json:
+        return _emit_json(result)
+    typer.echo(result.markdown)
+
+
+@app.command()
+def mcp(db: Db = None,
+        http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP on loopback, not stdio.")] = False,
+        port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8765) -> None:
+    """Serve the index to the Queen (or any MCP client) as tools, over stdio by default."""
+    from .mcp_server import serve
+
+    serve(db, http=http, port=port)
+
+
+queen = typer.Typer(help="Give Hive's Queen the failure tools.", no_args_is_help=True)
+app.add_typer(queen, name="queen")
+
+
+@queen.command("install")
+def queen_install(db: Db = None) -> None:
+    """Register the MCP server in Hive's MCP registry; the Queen loads it at her next session."""
+    from .queen import install
+
+    out.print(install(db))
+
+
+@queen.command("uninstall")
+def queen_uninstall() -> None:
+    """Remove the MCP server from Hive's MCP registry."""
+    from .queen import uninstall
+
+    out.print(uninstall())
+
+
+@app.command()
 def demo(db: Db = None) -> None:
     """Run real Hive agents (a scripted LLM: no key, no network) that fail, and show what the index learnt."""
     try:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .. import semconv
 from ..scrub import Limits
-from .models import Advice, NodeStats, Pattern, Resolution, Stats
+from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern, Resolution, ResolutionEffect,
+                     RunRate, Stats, VersionStats)
 from .store import FailureIndex, FailureIndexError, parse_since
 
 
@@ -37,5 +38,6 @@ def open_index(url_or_path: str | os.PathLike[str] | None = None, *, create: boo
     return FailureIndex(location, create=create, limits=limits)
 
 
-__all__ = ["Advice", "FailureIndex", "FailureIndexError", "NodeStats", "Pattern", "Resolution", "Stats",
-           "default_location", "open_index", "parse_since"]
+__all__ = ["Advice", "Diagnosis", "Evidence", "FailureIndex", "FailureIndexError", "FixEffect", "NodeStats", "Pattern",
+           "Resolution", "ResolutionEffect", "RunRate", "Stats", "VersionStats", "default_location", "open_index",
+           "parse_since"]
