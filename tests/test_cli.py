@@ -79,21 +79,38 @@ def test_stats_table_and_json(populated: Path) -> None:
 def test_advise_and_resolve(populated: Path) -> None:
     code, out = run("advise", "--db", str(populated), "--json")
     (advice,) = json.loads(out)
-    fp = advice["pattern"]["fingerprint"]
-    assert advice["pattern"]["node_id"] == "parse"
+    fp = advice["fingerprint"]
+    assert (advice["node_id"], advice["action"], advice["triggers"]) == ("parse", "evolve", ["recurring", "blocking"])
     code, out = run("advise", "--db", str(populated))
-    assert code == 0 and fp in out
+    assert code == 0 and fp in out and "recurring" in out and f"hive-failures diagnose {fp}" in out
     code, out = run("resolve", fp, "validate rows first", "--db", str(populated), "--agent-version", "v2")
     assert code == 0 and "resolved" in out
     code, out = run("advise", "--db", str(populated))
     assert "nothing to change" in out
     code, out = run("patterns", "--db", str(populated), "--json")
     assert json.loads(out)[0]["resolution"] == "validate rows first"
+    code, out = run("fix-effect", fp[:8], "--db", str(populated), "--json")
+    (effect,) = json.loads(out)["effects"]
+    assert (effect["resolution"]["agent_version"], effect["verdict"]) == ("v2", "too_early")
+    code, out = run("fix-effect", fp[:8], "--db", str(populated))
+    assert code == 0 and "too_early" in out
 
 
-@pytest.mark.parametrize("command", ["list", "patterns", "stats", "advise"])
+def test_diagnose_markdown_and_json(populated: Path) -> None:
+    code, out = run("advise", "--db", str(populated), "--json")
+    fp = json.loads(out)[0]["fingerprint"]
+    code, out = run("diagnose", fp[:8], "--db", str(populated))
+    assert code == 0 and out.startswith(f"# Failure pattern {fp}") and "## Why change the agent" in out
+    code, out = run("diagnose", fp, "--db", str(populated), "--json", "--budget", "800")
+    data = json.loads(out)
+    assert len(data["markdown"]) <= 800 and data["trimmed"]
+    code, out = run("diagnose", "v9:nothing", "--db", str(populated))
+    assert code == 2 and "no single pattern" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("command", ["list", "patterns", "stats", "advise", "diagnose x", "fix-effect x"])
 def test_missing_database_is_a_clear_error(tmp_path: Path, command: str) -> None:
-    code, out = run(command, "--db", str(tmp_path / "nope.db"))
+    code, out = run(*command.split(), "--db", str(tmp_path / "nope.db"))
     assert code == 2 and "no failure index" in out
     assert not (tmp_path / "nope.db").exists()
 

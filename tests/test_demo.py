@@ -25,4 +25,4 @@ def test_demo_runs_real_hive_and_shows_what_the_index_learnt(tmp_path: Path) -> 
     assert patterns[("order-report", "total", "exception")] == (3, 3)
     assert patterns[("crm-assistant", None, "stalled")] == (2, 2)
     assert patterns[("crm-assistant", None, "exception")] == (1, 1)  # the one-off
-    assert {a.pattern.agent_id for a in advice} == {"order-report", "crm-assistant"}
+    assert {a.agent_id for a in advice} == {"order-report", "crm-assistant"}

@@ -202,16 +202,17 @@ def test_resolve_history_and_advice(db_path: Path) -> None:
                   [hof.RunOutcome(session_id=f"s{i}", agent_id="report-agent", success=False) for i in range(3)]
                   + [hof.RunOutcome(session_id=f"ok{i}", agent_id="report-agent", success=True) for i in range(3)])
         (advice,) = index.advise()  # the transient pattern is not advice
-        assert advice.pattern.node_id == "parse" and advice.session_share == pytest.approx(0.5)
-        assert len(advice.example_failure_ids) == 3
-        fp = advice.pattern.fingerprint
+        assert advice.node_id == "parse" and advice.evidence.session_share == pytest.approx(0.5)
+        assert len(advice.evidence.example_failure_ids) == 3
+        fp = advice.fingerprint
         resolution = index.resolve(fp[:8], "validate rows before parsing", agent_version="v2")
         assert resolution.fingerprint == fp
         assert index.advise() == []
-        assert index.get(advice.example_failure_ids[0]).resolution == "validate rows before parsing"
+        assert index.get(advice.evidence.example_failure_ids[0]).resolution == "validate rows before parsing"
         index.add([failure(i) for i in range(10, 12)])  # it comes back
         (again,) = index.advise()
-        assert again.pattern.recurred_after_resolution and "did not hold" in again.reason
+        assert "regressed" in again.triggers and "came back after a fix" in again.reason
+        assert index.patterns()[0].recurred_after_resolution
         assert [r.agent_version for r in index.resolutions(fp)] == ["v2"]
         with pytest.raises(hof.FailureIndexError):
             index.resolve("v9:nothing", "x")

@@ -156,21 +156,49 @@ def stats(db: Db = None, as_json: Json = False, agent: Agent = None, since: Sinc
 
 @app.command()
 def advise(db: Db = None, as_json: Json = False, agent: Agent = None,
-           min_sessions: Annotated[int, typer.Option("--min-sessions", min=1)] = 2) -> None:
-    """Patterns that warrant changing the agent, with the evidence."""
+           window: Annotated[str, typer.Option("--window", help="Look back this far: 24h, 7d, 2w.")] = "7d",
+           min_sessions: Annotated[int, typer.Option("--min-sessions", min=1,
+                                                     help="Sessions that make a pattern recurring.")] = 3) -> None:
+    """Patterns that warrant changing the agent (or a human), by Hive's evolution rules, with the evidence."""
     with _index(db) as index:
-        found = index.advise(agent_id=agent, min_sessions=min_sessions)
+        found = index.advise(agent_id=agent, window=window, min_sessions=min_sessions)
     if as_json:
         return _emit_json(found)
     if not found:
-        out.print("nothing to change: no unresolved systematic pattern recurs across sessions")
+        out.print(f"nothing to change: no pattern in the last {window} meets an evolution trigger")
         return
     for a in found:
-        p = a.pattern
-        share = f" ({a.session_share:.0%} of runs)" if a.session_share is not None else ""
-        out.print(f"[bold]{p.fingerprint}[/bold] {p.agent_id or '-'}/{p.node_id or '-'} {p.kind}{share}")
-        out.print(f"  {p.error_type}: {_cut(p.sample_message, 100)}")
-        out.print(f"  why: {a.reason}; examples: {', '.join(i[:12] for i in a.example_failure_ids)}")
+        e = a.evidence
+        share = f", {e.session_share:.0%} of runs" if e.session_share is not None else ""
+        action = "[bold red]evolve[/bold red]" if a.action == "evolve" else "[bold yellow]human[/bold yellow]"
+        out.print(f"{action} [bold]{a.fingerprint}[/bold] {a.agent_id or '-'}/{a.node_id or '-'} {a.kind}: "
+                  f"{', '.join(a.triggers) or '-'}")
+        out.print(f"  {a.error_type}: {_cut(a.sample_message, 100)}")
+        out.print(f"  {e.failures} failures in {e.sessions} sessions{share}; why: {a.reason}")
+        if e.last_resolution is not None:
+            out.print(f"  last fix: {_cut(e.last_resolution.resolution, 60)} -> {e.last_fix_verdict}")
+        out.print(f"  examples: {', '.join(i[:12] for i in e.example_failure_ids)}; "
+                  f"next: hive-failures diagnose {a.fingerprint}")
+
+
+@app.command("fix-effect")
+def fix_effect(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerprint or a unique prefix.")],
+               db: Db = None, as_json: Json = False) -> None:
+    """Did each fix of a pattern work: its rate per run before the fix's version and from it on."""
+    with _index(db) as index:
+        result = index.fix_effect(fingerprint)
+    if as_json:
+        return _emit_json(result)
+    if not result.effects:
+        out.print(f"no resolution recorded for {result.fingerprint}")
+        return
+    table = _table(f"fix effect of {result.fingerprint}", "resolved", "version", "before", "after", "verdict",
+                   "resolution", wide="resolution")
+    for e in result.effects:
+        rate = lambda r: f"{r.sessions}/{r.runs}" + (f" ({r.rate:.1%})" if r.rate is not None else "")  # noqa: E731
+        table.add_row(_when(e.resolution.resolved_at), e.resolution.agent_version or "-", rate(e.before),
+                      rate(e.after), e.verdict, f"{e.resolution.resolution} ({e.reason})")
+    out.print(table)
 
 
 @app.command()

@@ -164,4 +164,4 @@ def main(db: str | None = None) -> None:
 
     stats(db=handle.index_location, as_json=False, agent=None, since=None)
     patterns(db=handle.index_location, as_json=False, agent=None, since=None, limit=20)
-    advise(db=handle.index_location, as_json=False, agent=None, min_sessions=2)
+    advise(db=handle.index_location, as_json=False, agent=None, window="7d", min_sessions=3)

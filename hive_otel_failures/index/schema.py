@@ -81,6 +81,72 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX resolutions_fp ON resolutions(fingerprint, ts);
     """,
+    # 3: counters by hour and by day, so windowed aggregates read a few hundred rows, not the
+    # failures and runs tables. A window is whole days plus the hours at its edges. A session
+    # counts for a pattern in the bucket of its first failure of that pattern (as in patterns).
+    # failure_counts is kept by the writer from each batch; run_counts by triggers, because a
+    # run that is recorded again (same session and agent) can change its day, version or outcome.
+    """
+    CREATE TABLE failure_counts (
+        grain         INTEGER NOT NULL,  -- bucket width in seconds: 86400 or 3600
+        bucket        INTEGER NOT NULL,  -- CAST(ts / grain AS INTEGER)
+        fingerprint   TEXT NOT NULL,
+        agent_version TEXT NOT NULL,     -- '' when unknown
+        failures      INTEGER NOT NULL,
+        sessions      INTEGER NOT NULL,
+        first_ts      REAL NOT NULL,
+        last_ts       REAL NOT NULL,
+        PRIMARY KEY (grain, bucket, fingerprint, agent_version)
+    ) WITHOUT ROWID;
+    CREATE INDEX failure_counts_fp ON failure_counts(fingerprint, grain);
+    CREATE TABLE run_counts (
+        grain         INTEGER NOT NULL,
+        bucket        INTEGER NOT NULL,
+        agent_id      TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        runs          INTEGER NOT NULL,
+        failed        INTEGER NOT NULL,
+        first_ts      REAL NOT NULL,
+        PRIMARY KEY (grain, bucket, agent_id, agent_version)
+    ) WITHOUT ROWID;
+    CREATE TABLE grains (grain INTEGER PRIMARY KEY);
+    INSERT INTO grains VALUES (86400), (3600);
+    CREATE TRIGGER runs_counted AFTER INSERT ON runs BEGIN
+        INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
+        SELECT grain, CAST(new.started_at / grain AS INTEGER), new.agent_id, coalesce(new.agent_version, ''), 1,
+               new.success = 0, new.started_at FROM grains WHERE true
+        ON CONFLICT DO UPDATE SET runs = runs + 1, failed = failed + excluded.failed,
+                                  first_ts = min(first_ts, excluded.first_ts);
+    END;
+    CREATE TRIGGER runs_recounted AFTER UPDATE OF started_at, success, agent_version ON runs
+    WHEN old.success IS NOT new.success OR old.agent_version IS NOT new.agent_version
+         OR CAST(old.started_at / 3600 AS INTEGER) != CAST(new.started_at / 3600 AS INTEGER)
+    BEGIN
+        UPDATE run_counts SET runs = runs - 1, failed = failed - (old.success = 0)
+        WHERE (grain, bucket, agent_id, agent_version) IN (
+            SELECT grain, CAST(old.started_at / grain AS INTEGER), old.agent_id, coalesce(old.agent_version, '')
+            FROM grains);
+        INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
+        SELECT grain, CAST(new.started_at / grain AS INTEGER), new.agent_id, coalesce(new.agent_version, ''), 1,
+               new.success = 0, new.started_at FROM grains WHERE true
+        ON CONFLICT DO UPDATE SET runs = runs + 1, failed = failed + excluded.failed,
+                                  first_ts = min(first_ts, excluded.first_ts);
+    END;
+    INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
+    SELECT grain, CAST(started_at / grain AS INTEGER), agent_id, coalesce(agent_version, ''), COUNT(*),
+           SUM(success = 0), MIN(started_at)
+    FROM runs, grains GROUP BY 1, 2, 3, 4;
+    INSERT INTO failure_counts (grain, bucket, fingerprint, agent_version, failures, sessions, first_ts, last_ts)
+    SELECT grain, CAST(f.ts / grain AS INTEGER), f.fingerprint, coalesce(f.agent_version, ''), COUNT(*),
+           SUM(firsts.first_row IS NOT NULL), MIN(f.ts), MAX(f.ts)
+    FROM failures f
+    LEFT JOIN (SELECT MIN(rowid) AS first_row FROM failures GROUP BY fingerprint, session_id) firsts
+           ON firsts.first_row = f.rowid,
+         grains
+    GROUP BY 1, 2, 3, 4;
+    DROP INDEX failures_fp_session;  -- new (pattern, session) pairs are looked up by session instead
+    CREATE INDEX failures_fp_ts ON failures(fingerprint, ts);  -- a pattern's newest failures, as examples
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import sqlite3
@@ -20,7 +21,10 @@ from typing import Any, NamedTuple
 from .. import semconv
 from ..record import FailureKind, FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
 from ..scrub import Limits
-from .models import Advice, NodeStats, Pattern, Resolution, Stats
+from .advice import HARD_CONSTRAINT_KINDS, HUMAN_KINDS, VersionCounts, fix_verdict, lower_p_value, split_versions, total
+from .diagnosis import NewestDefinition, build_diagnosis
+from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern, Resolution, ResolutionEffect, RunRate,
+                     Stats, VersionStats)
 from .schema import LATEST_VERSION, MIGRATIONS
 
 
@@ -84,7 +88,17 @@ _UPSERT_PATTERN = """
         last_seen = max(last_seen, excluded.last_seen),
         sample_message = CASE WHEN excluded.last_seen >= last_seen THEN excluded.sample_message ELSE sample_message END
 """
-_PAIR_STORED_BEFORE = "SELECT 1 FROM failures WHERE fingerprint = ? AND session_id IS ? AND rowid <= ? LIMIT 1"
+# A session has few failures: find a (pattern, session) pair through the session, not the pattern.
+_PAIR_STORED_BEFORE = ("SELECT 1 FROM failures INDEXED BY failures_session "
+                       "WHERE session_id IS ? AND fingerprint = ? AND rowid <= ? LIMIT 1")
+_UPSERT_COUNTS = """
+    INSERT INTO failure_counts (grain, bucket, fingerprint, agent_version, failures, sessions, first_ts, last_ts)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT DO UPDATE SET failures = failures + excluded.failures, sessions = sessions + excluded.sessions,
+                              first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts)
+"""
+DAY, HOUR = 86400, 3600
+_GRAINS = (DAY, HOUR)
 _KNOWN_PAIRS_MAX = 10_000
 _PATTERN_FROM_LATEST = ("agent_id", "node_id", "error_type", "kind", "error_message", "transient")
 _SELECT_FAILURE = f"""
@@ -196,9 +210,8 @@ class FailureIndex:
             try:
                 version = self._conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
                 for number in range(version + 1, LATEST_VERSION + 1):
-                    for statement in MIGRATIONS[number - 1].split(";"):
-                        if statement.strip():
-                            self._conn.execute(statement)
+                    for statement in _statements(MIGRATIONS[number - 1]):
+                        self._conn.execute(statement)
                     self._conn.execute(f"PRAGMA user_version = {number}")
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -276,23 +289,43 @@ class FailureIndex:
     def _count_patterns(self, rows: Sequence[tuple[Any, ...]], before: int) -> set[tuple[str, str | None]]:
         """Add freshly stored failures rows to their patterns' counters, in this transaction.
 
-        A session counts for a pattern the first time it fails that way; whether it did
-        before this batch is asked of the file, unless already known from an earlier batch.
+        A session counts for a pattern the first time it fails that way, in the hour and day
+        of that failure; whether it did before this batch is asked of the file, unless
+        already known from an earlier batch.
         """
-        fingerprint_at, session_at, ts_at = _AT["fingerprint"], _AT["session_id"], _AT["ts"]
+        fingerprint_at, session_at, ts_at, version_at = _AT["fingerprint"], _AT["session_id"], _AT["ts"], \
+            _AT["agent_version"]
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for row in rows:
             groups.setdefault(row[fingerprint_at], []).append(row)
         updates, pairs = [], set()
+        counts: dict[tuple[int, int, str, str], list[Any]] = {}  # (grain, bucket, fp, version) -> row of counters
         for fingerprint, members in groups.items():
-            sessions = {(fingerprint, row[session_at]) for row in members}
-            new_sessions = sum(1 for pair in sessions - self._known_pairs
-                               if self._conn.execute(_PAIR_STORED_BEFORE, (*pair, before)).fetchone() is None)
-            pairs |= sessions
+            first_rows: dict[tuple[str, str | None], tuple[Any, ...]] = {}
+            for row in members:
+                first_rows.setdefault((fingerprint, row[session_at]), row)
+            new_pairs = {pair for pair in first_rows.keys() - self._known_pairs
+                         if self._conn.execute(_PAIR_STORED_BEFORE, (pair[1], fingerprint, before)).fetchone() is None}
+            pairs |= first_rows.keys()
+            for row in members:
+                ts, version = row[ts_at], row[version_at] or ""
+                new = 1 if new_pairs and first_rows.get((fingerprint, row[session_at])) is row \
+                    and (fingerprint, row[session_at]) in new_pairs else 0
+                for grain in _GRAINS:
+                    key = (grain, int(ts / grain), fingerprint, version)
+                    counter = counts.get(key)
+                    if counter is None:
+                        counts[key] = [*key, 1, new, ts, ts]
+                    else:
+                        counter[4] += 1
+                        counter[5] += new
+                        counter[6] = min(counter[6], ts)
+                        counter[7] = max(counter[7], ts)
             latest = max(members, key=lambda row: row[ts_at])
-            updates.append((fingerprint, *(latest[_AT[c]] for c in _PATTERN_FROM_LATEST), len(members), new_sessions,
+            updates.append((fingerprint, *(latest[_AT[c]] for c in _PATTERN_FROM_LATEST), len(members), len(new_pairs),
                             min(row[ts_at] for row in members), latest[ts_at]))
         self._conn.executemany(_UPSERT_PATTERN, updates)
+        self._conn.executemany(_UPSERT_COUNTS, counts.values())
         return pairs
 
     def _upsert_runs(self, outcomes: Sequence[RunOutcome]) -> None:
@@ -369,15 +402,20 @@ class FailureIndex:
 
     def patterns(self, agent_id: str | None = None, since: datetime | timedelta | str | None = None,
                  limit: int = 50) -> list[Pattern]:
-        """Failures grouped by fingerprint, most frequent first, with their latest resolution."""
+        """Failures grouped by fingerprint, most frequent first, with their latest resolution.
+
+        A window (``since``) is read from the hourly and daily counters, so it starts at the
+        top of the hour; a session counts in the window if its first failure of the pattern does.
+        """
         start = parse_since(since)
         if start is None:  # all time: the maintained counters
             source = "SELECT fingerprint, count, sessions, first_seen, last_seen FROM patterns"
-            params: tuple[Any, ...] = ()
+            params: list[Any] = []
         else:
-            source = ("SELECT fingerprint, COUNT(*) AS count, COUNT(DISTINCT session_id) AS sessions, "
-                      "MIN(ts) AS first_seen, MAX(ts) AS last_seen FROM failures WHERE ts >= ? GROUP BY fingerprint")
-            params = (_ts(start),)
+            window, params = _window_sql(_bucket_ranges(_ts(start), None))
+            source = ("SELECT fingerprint, SUM(failures) AS count, MAX(SUM(sessions), 1) AS sessions, "
+                      "MIN(first_ts) AS first_seen, MAX(last_ts) AS last_seen "
+                      f"FROM failure_counts c WHERE {window} GROUP BY fingerprint")
         sql = f"""
             SELECT p.fingerprint, p.agent_id, p.node_id, p.error_type, p.kind, p.sample_message, p.transient,
                    w.count, w.sessions, w.first_seen, w.last_seen,
@@ -399,54 +437,259 @@ class FailureIndex:
         ]
 
     def stats(self, agent_id: str | None = None, since: datetime | timedelta | str | None = None) -> Stats:
-        """Runs, failed runs, failure rate, and where failures happen."""
-        start = parse_since(since)
-        start_ts = _ts(start) if start else float("-inf")
-        agent = (agent_id, agent_id)
-        with self._lock:
-            runs, failed = self._conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(success = 0), 0) FROM runs "
-                "WHERE started_at >= ? AND (? IS NULL OR agent_id = ?)", (start_ts, *agent)).fetchone()
-            failures, sessions, patterns = self._conn.execute(
-                "SELECT COUNT(*), COUNT(DISTINCT session_id), COUNT(DISTINCT fingerprint) FROM failures "
-                "WHERE ts >= ? AND (? IS NULL OR agent_id = ?)", (start_ts, *agent)).fetchone()
-            by_node = self._conn.execute(
-                "SELECT node_id, COUNT(*), COUNT(DISTINCT session_id) FROM failures "
-                "WHERE ts >= ? AND (? IS NULL OR agent_id = ?) GROUP BY node_id ORDER BY 2 DESC",
-                (start_ts, *agent)).fetchall()
-            by_kind = self._conn.execute(
-                "SELECT kind, COUNT(*) FROM failures WHERE ts >= ? AND (? IS NULL OR agent_id = ?) "
-                "GROUP BY kind ORDER BY 2 DESC", (start_ts, *agent)).fetchall()
-        return Stats(agent_id=agent_id, since=start, runs=runs, failed_runs=failed,
-                     failure_rate=(failed / runs) if runs else None, failures=failures,
-                     sessions_with_failures=sessions, patterns=patterns,
-                     by_node=[NodeStats(node_id=n, failures=c, sessions=s) for n, c, s in by_node],
-                     by_kind={k: c for k, c in by_kind})
+        """Runs, failed runs, failure rate, and where failures happen: by node, kind and agent version.
 
-    def advise(self, agent_id: str | None = None, min_sessions: int = 2) -> list[Advice]:
-        """Systematic patterns worth changing the agent for: recurring, unresolved or back after a fix.
-
-        Transient failures (rate limits, timeouts) are left out: changing the agent won't fix them.
+        Read from the hourly and daily counters (a window starts at the top of the hour).
+        ``sessions_with_failures`` and node sessions add up each pattern's sessions, so a
+        session that failed in two ways counts twice.
         """
+        start = parse_since(since)
+        window, params = _window_sql(_bucket_ranges(_ts(start) if start else None, None))
         with self._lock:
-            runs_by_agent = dict(self._conn.execute("SELECT agent_id, COUNT(*) FROM runs GROUP BY agent_id"))
+            runs = self._conn.execute(
+                "SELECT agent_id, agent_version, SUM(runs), SUM(failed), MIN(first_ts) FROM run_counts c "
+                f"WHERE {window} AND (? IS NULL OR agent_id = ?) GROUP BY 1, 2",
+                (*params, agent_id, agent_id)).fetchall()
+            failures = self._conn.execute(
+                "SELECT p.agent_id, c.agent_version, p.node_id, p.kind, SUM(c.failures), SUM(c.sessions), "
+                "MIN(c.first_ts) FROM failure_counts c JOIN patterns p ON p.fingerprint = c.fingerprint "
+                f"WHERE {window} AND (? IS NULL OR p.agent_id = ?) GROUP BY c.fingerprint, c.agent_version",
+                (*params, agent_id, agent_id)).fetchall()
+            patterns = self._conn.execute(
+                f"SELECT COUNT(DISTINCT c.fingerprint) FROM failure_counts c JOIN patterns p USING (fingerprint) "
+                f"WHERE {window} AND (? IS NULL OR p.agent_id = ?)", (*params, agent_id, agent_id)).fetchone()[0]
+        nodes: dict[str | None, list[int]] = {}
+        kinds: dict[str, int] = {}
+        versions: dict[tuple[str, str], list[Any]] = {}  # (agent, version) -> runs, failed, failures, first seen
+        for agent, version, runs_n, failed, first in runs:
+            versions[(agent, version)] = [runs_n, failed, 0, first]
+        for agent, version, node, kind, count, sessions, first in failures:
+            node_counts = nodes.setdefault(node, [0, 0])
+            node_counts[0] += count
+            node_counts[1] += max(sessions, 1)
+            kinds[kind] = kinds.get(kind, 0) + count
+            entry = versions.setdefault((agent or "", version), [0, 0, 0, first])
+            entry[2] += count
+            entry[3] = min(entry[3], first)
+        total_runs = sum(v[0] for v in versions.values())
+        total_failed = sum(v[1] for v in versions.values())
+        return Stats(
+            agent_id=agent_id, since=start, runs=total_runs, failed_runs=total_failed,
+            failure_rate=(total_failed / total_runs) if total_runs else None,
+            failures=sum(n[0] for n in nodes.values()), sessions_with_failures=sum(n[1] for n in nodes.values()),
+            patterns=patterns,
+            by_node=[NodeStats(node_id=n, failures=c, sessions=s)
+                     for n, (c, s) in sorted(nodes.items(), key=lambda item: -item[1][0])],
+            by_kind=dict(sorted(kinds.items(), key=lambda item: -item[1])),
+            by_version=[VersionStats(agent_id=agent or None, agent_version=version or None, first_seen=_dt(first),
+                                     runs=r, failed_runs=f, failure_rate=(f / r) if r else None, failures=n)
+                        for (agent, version), (r, f, n, first) in sorted(versions.items(),
+                                                                           key=lambda item: (item[0][0], item[1][3]))],
+        )
+
+    def advise(self, agent_id: str | None = None, window: timedelta | str = "7d", *, min_sessions: int = 3,
+               blocking_share: float = 0.2, alpha: float = 0.05, min_runs: int = 20,
+               fingerprints: Sequence[str] | None = None) -> list[Advice]:
+        """Patterns of the window that warrant changing the agent (``evolve``) or a human, with evidence.
+
+        Triggers, as Hive's evolution guide names them: ``recurring`` (in >= ``min_sessions``
+        sessions), ``blocking`` (its sessions are more than ``blocking_share`` of the agent's
+        runs), ``hard_constraint`` (any hard-constraint violation), ``declining_success`` (the
+        agent's success rate in this window is below the previous window's, one-sided
+        two-proportion z-test at ``alpha``, each window with >= ``min_runs`` runs), ``regressed``
+        (recurred in the version a resolution named, or later). No evolve advice for a pattern
+        that is transient, seen in one session only (unless a hard constraint), or resolved
+        and not back; escalations to a human come back with ``action="human"``.
+        """
+        end = datetime.now(timezone.utc)
+        length = _duration(window)
+        start, previous_start = end - length, end - 2 * length
+        recent = _window_sql(_bucket_ranges(_ts(start), None))
+        previous = _window_sql(_bucket_ranges(_ts(previous_start), _ts(start)))
+        only = "" if fingerprints is None else f" AND c.fingerprint IN ({', '.join('?' * len(fingerprints))})"
+        only_params = list(fingerprints or ())
+        with self._lock:
+            counts = self._conn.execute(
+                "SELECT c.fingerprint, c.agent_version, SUM(c.failures), SUM(c.sessions), MIN(c.first_ts), "
+                f"MAX(c.last_ts) FROM failure_counts c JOIN patterns p ON p.fingerprint = c.fingerprint "
+                f"WHERE {recent[0]}{only} AND (? IS NULL OR p.agent_id = ?) GROUP BY 1, 2",
+                (*recent[1], *only_params, agent_id, agent_id)).fetchall()
+            by_pattern: dict[str, dict[str, VersionCounts]] = {}
+            for fp, version, failures, sessions, first, last in counts:
+                by_pattern.setdefault(fp, {})[version] = VersionCounts(failures, sessions, 0, 0, first, last)
+            if not by_pattern:
+                return []
+            patterns = {p.fingerprint: p for p in self._patterns_by_fingerprint(list(by_pattern))}
+            agents = sorted({p.agent_id or "" for p in patterns.values()})
+            agent_in = f"agent_id IN ({', '.join('?' * len(agents))})"
+            runs_now = dict(((a, (r, f)) for a, r, f in self._conn.execute(
+                f"SELECT agent_id, SUM(runs), SUM(failed) FROM run_counts c WHERE {recent[0]} AND {agent_in} "
+                "GROUP BY 1", (*recent[1], *agents))))
+            runs_before = dict(((a, (r, f)) for a, r, f in self._conn.execute(
+                f"SELECT agent_id, SUM(runs), SUM(failed) FROM run_counts c WHERE {previous[0]} AND {agent_in} "
+                "GROUP BY 1", (*previous[1], *agents))))
+            last_resolutions = self._last_resolutions(list(by_pattern))
         advice = []
-        for p in self.patterns(agent_id=agent_id, limit=1000):
-            if p.transient or p.sessions < min_sessions:
+        for fp, per_version in by_pattern.items():
+            p = patterns.get(fp)
+            if p is None:
                 continue
-            if p.resolution is not None and not p.recurred_after_resolution:
+            agent = p.agent_id or ""
+            in_window = total(per_version.values())
+            sessions = max(in_window.sessions, 1)
+            runs, failed = runs_now.get(agent, (0, 0))
+            prev_runs, prev_failed = runs_before.get(agent, (0, 0))
+            human = p.kind in HUMAN_KINDS
+            hard = p.kind in HARD_CONSTRAINT_KINDS
+            if not human and (p.transient or (sessions < 2 and not hard)):
+                continue  # rate limits and outages, or a one-off from bad input: changing the agent won't help
+            triggers: list[str] = []
+            if sessions >= min_sessions:
+                triggers.append("recurring")
+            if runs and sessions / runs > blocking_share:
+                triggers.append("blocking")
+            if hard:
+                triggers.append("hard_constraint")
+            p_decline = None
+            if min(runs, prev_runs) >= min_runs:
+                p_decline = lower_p_value(prev_runs - prev_failed, prev_runs, runs - failed, runs)
+                if p_decline is not None and p_decline < alpha:
+                    triggers.append("declining_success")
+            resolution = last_resolutions.get(fp)
+            verdict = None
+            if resolution is not None:
+                effect = self._resolution_effect(p, resolution, min_runs=30, alpha=alpha)
+                verdict = effect.verdict
+                if not _recurred_after(per_version, resolution, effect.after.versions, effect.basis):
+                    continue  # a fix is recorded and nothing since has failed this way
+                triggers.append("regressed")
+            if not triggers and not human:
                 continue
-            runs = runs_by_agent.get(p.agent_id or "")
-            share = p.sessions / runs if runs else None
-            if p.recurred_after_resolution:
-                reason = f"recurred after it was resolved ({p.resolution!r}): the fix did not hold"
-            else:
-                reason = f"systematic {p.kind} in {p.sessions} sessions ({p.count} failures), unresolved"
-            examples = [r.failure_id for r in self.recent(fingerprint=p.fingerprint, limit=3)]
-            advice.append(Advice(pattern=p, reason=reason, session_share=share, example_failure_ids=examples))
-        advice.sort(key=lambda a: (a.pattern.recurred_after_resolution, a.pattern.sessions, a.pattern.count),
+            examples = self._examples(fp)
+            advice.append(Advice(
+                fingerprint=fp, agent_id=p.agent_id, node_id=p.node_id, kind=p.kind, error_type=p.error_type,
+                sample_message=p.sample_message, action="human" if human else "evolve", triggers=triggers,
+                reason=_reason(p, triggers, sessions, runs, human),
+                evidence=Evidence(
+                    window_start=start, window_end=end, failures=in_window.failures, sessions=sessions,
+                    agent_runs=runs, session_share=(sessions / runs) if runs else None,
+                    first_seen=_dt(in_window.first_ts), last_seen=_dt(in_window.last_ts),
+                    example_failure_ids=[e[0] for e in examples],
+                    example_trace_ids=[e[1] for e in examples if e[1]],
+                    judge_feedback=_feedback_excerpts(e[2] for e in examples),
+                    success_rate_recent=(1 - failed / runs) if runs else None,
+                    success_rate_previous=(1 - prev_failed / prev_runs) if prev_runs else None,
+                    success_p_value=p_decline, last_resolution=resolution, last_fix_verdict=verdict)))
+        advice.sort(key=lambda a: (a.action == "evolve", len(a.triggers), a.evidence.sessions, a.evidence.failures),
                     reverse=True)
         return advice
+
+    def fix_effect(self, fingerprint: str, *, min_runs: int = 30, alpha: float = 0.05) -> FixEffect:
+        """Did each resolution of a pattern work: its rate per run before and from the fix's version on.
+
+        The verdict is ``fixed`` when the rate from the fix on is lower beyond chance (one-sided
+        two-proportion z-test at ``alpha``), ``too_early`` with fewer than ``min_runs`` runs since
+        (or no recurrence yet that chance could explain), ``not_fixed`` otherwise.
+        """
+        with self._lock:
+            fp = self._resolve_fingerprint(fingerprint)
+            (pattern,) = self._patterns_by_fingerprint([fp])
+            resolutions = self.resolutions(fp)
+            effects = [self._resolution_effect(pattern, r, min_runs=min_runs, alpha=alpha) for r in resolutions]
+        return FixEffect(fingerprint=fp, agent_id=pattern.agent_id, effects=effects)
+
+    def diagnose(self, fingerprint: str, budget_chars: int = 12_000) -> Diagnosis:
+        """What a coding agent needs to change the agent for a pattern, within ``budget_chars``.
+
+        The node's spec and the goal from the stored definition, attempts and judge feedback,
+        tools tried, the memory and input at the time, the advice's evidence, the resolutions
+        and whether they worked, the definition's diff to the newest version, trace links.
+        The least useful parts are cut first, and the result says what was cut.
+        """
+        with self._lock:
+            fp = self._resolve_fingerprint(fingerprint)
+            (pattern,) = self._patterns_by_fingerprint([fp])
+            latest = self.recent(fingerprint=fp, limit=3)
+            advice = self.advise(fingerprints=[fp])
+            effect = self.fix_effect(fp)
+            newest = self._newest_definition(pattern.agent_id)
+        return build_diagnosis(pattern, latest, advice[0] if advice else None, effect, newest,
+                               budget_chars=budget_chars, trace_url=os.environ.get(semconv.ENV_TRACE_URL))
+
+    # --- the counters behind the answers ---------------------------------------------------------
+    def _patterns_by_fingerprint(self, fingerprints: Sequence[str]) -> list[Pattern]:
+        rows = self._conn.execute(
+            "SELECT fingerprint, agent_id, node_id, error_type, kind, sample_message, transient, count, sessions, "
+            f"first_seen, last_seen FROM patterns WHERE fingerprint IN ({', '.join('?' * len(fingerprints))})",
+            list(fingerprints)).fetchall()
+        return [Pattern(fingerprint=r[0], agent_id=r[1], node_id=r[2], error_type=r[3], kind=r[4],
+                        sample_message=r[5], transient=bool(r[6]), count=r[7], sessions=r[8],
+                        first_seen=_dt(r[9]), last_seen=_dt(r[10])) for r in rows]
+
+    def _last_resolutions(self, fingerprints: Sequence[str]) -> dict[str, Resolution]:
+        rows = self._conn.execute(
+            "SELECT fingerprint, ts, resolution, evolution_triggered, agent_version FROM resolutions WHERE id IN "
+            "(SELECT max(id) FROM resolutions GROUP BY fingerprint)").fetchall()
+        wanted = set(fingerprints)
+        return {fp: Resolution(fingerprint=fp, resolved_at=_dt(ts), resolution=text, evolution_triggered=bool(e),
+                               agent_version=v) for fp, ts, text, e, v in rows if fp in wanted}
+
+    def _resolution_effect(self, pattern: Pattern, resolution: Resolution, *, min_runs: int,
+                           alpha: float) -> ResolutionEffect:
+        fp, agent = pattern.fingerprint, pattern.agent_id or ""
+        resolved_ts = _ts(resolution.resolved_at)
+        runs = {v: (r, first) for v, r, first in self._conn.execute(
+            "SELECT agent_version, SUM(runs), MIN(first_ts) FROM run_counts WHERE grain = ? AND agent_id = ? "
+            "GROUP BY 1", (DAY, agent))}
+        hits = {v: (s, first) for v, s, first in self._conn.execute(
+            "SELECT agent_version, MAX(SUM(sessions), 1), MIN(first_ts) FROM failure_counts "
+            "WHERE fingerprint = ? AND grain = ? GROUP BY 1", (fp, DAY))}
+        first_seen = {v: first for v, (_, first) in runs.items()}
+        for v, (_, first) in hits.items():
+            first_seen[v] = min(first, first_seen.get(v, first))
+        split = split_versions(first_seen, resolved_ts, resolution.agent_version)
+        if split.basis == "version":
+            before = (sum(runs.get(v, (0, 0))[0] for v in split.before),
+                      sum(hits.get(v, (0, 0))[0] for v in split.before))
+            after = (sum(runs.get(v, (0, 0))[0] for v in split.after),
+                     sum(hits.get(v, (0, 0))[0] for v in split.after))
+        else:  # no versions known: split by the hour of the resolution
+            hour = int(resolved_ts / HOUR)
+            before_runs, after_runs = self._conn.execute(
+                "SELECT coalesce(SUM(runs) FILTER (WHERE bucket < ?), 0), coalesce(SUM(runs) FILTER (WHERE bucket > ?), 0) "
+                "FROM run_counts WHERE grain = ? AND agent_id = ?", (hour, hour, HOUR, agent)).fetchone()
+            before_hits, after_hits = self._conn.execute(
+                "SELECT coalesce(SUM(sessions) FILTER (WHERE bucket < ?), 0), "
+                "coalesce(SUM(sessions) FILTER (WHERE bucket > ?), 0) "
+                "FROM failure_counts WHERE fingerprint = ? AND grain = ?", (hour, hour, fp, HOUR)).fetchone()
+            before, after = (before_runs, before_hits), (after_runs, after_hits)
+        verdict, p, why = fix_verdict(before[1], before[0], after[1], after[0], min_runs=min_runs, alpha=alpha)
+        return ResolutionEffect(
+            resolution=resolution, basis=split.basis,
+            before=RunRate(versions=split.before, runs=before[0], sessions=before[1],
+                           rate=(before[1] / before[0]) if before[0] else None),
+            after=RunRate(versions=split.after, runs=after[0], sessions=after[1],
+                          rate=(after[1] / after[0]) if after[0] else None),
+            verdict=verdict, p_value=p, reason=why)
+
+    def _examples(self, fingerprint: str, limit: int = 3) -> list[tuple[str, str | None, str]]:
+        """The pattern's newest failures: id, trace id and judge feedback (JSON)."""
+        return self._conn.execute(
+            "SELECT failure_id, trace_id, judge_feedback FROM failures WHERE fingerprint = ? ORDER BY ts DESC LIMIT ?",
+            (fingerprint, limit)).fetchall()
+
+    def _newest_definition(self, agent_id: str | None) -> NewestDefinition | None:
+        """The newest stored definition snapshot of an agent, and its version (from its newest failure)."""
+        row = self._conn.execute(
+            "SELECT f.agent_version, b.content FROM failures f JOIN blobs b ON b.sha256 = f.graph_snapshot_sha "
+            "WHERE f.agent_id IS ? ORDER BY f.ts DESC LIMIT 1", (agent_id,)).fetchone()
+        newest_run = self._conn.execute(
+            "SELECT agent_version FROM run_counts WHERE grain = ? AND agent_id = ? AND agent_version != '' "
+            "ORDER BY first_ts DESC LIMIT 1", (DAY, agent_id or "")).fetchone()
+        if row is None:
+            return None
+        return NewestDefinition(newest_version=newest_run[0] if newest_run else row[0], snapshot_version=row[0],
+                                snapshot=load_json_field("graph_snapshot", row[1]))
 
     def resolutions(self, fingerprint: str) -> list[Resolution]:
         """What was done about a pattern, oldest first."""
@@ -469,6 +712,103 @@ class FailureIndex:
             clauses.append("f.ts >= ?")
             params.append(_ts(start))
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+_FAR = 1 << 40  # a bucket beyond any real time
+
+
+def _bucket_ranges(start: float | None, end: float | None) -> list[tuple[int, int, int]]:
+    """(grain, first bucket, bucket after the last) that cover [start, end): whole days, hours at the edges.
+
+    ``start`` is taken at the top of its hour and ``end`` at the end of its hour; None is open.
+    """
+    if start is None and end is None:
+        return [(DAY, -_FAR, _FAR)]
+    h_lo = -_FAR * 24 if start is None else math.floor(start / HOUR)
+    h_hi = _FAR * 24 if end is None else math.ceil(end / HOUR)
+    d_lo, d_hi = -(-h_lo // 24), h_hi // 24
+    if d_lo >= d_hi:
+        return [(HOUR, h_lo, h_hi)]
+    ranges = [(DAY, d_lo, d_hi)]
+    if h_lo < d_lo * 24:
+        ranges.append((HOUR, h_lo, d_lo * 24))
+    if d_hi * 24 < h_hi:
+        ranges.append((HOUR, d_hi * 24, h_hi))
+    return ranges
+
+
+def _window_sql(ranges: Sequence[tuple[int, int, int]]) -> tuple[str, list[int]]:
+    """A WHERE condition on a counters table (alias ``c``) for these bucket ranges."""
+    sql = " OR ".join("(c.grain = ? AND c.bucket >= ? AND c.bucket < ?)" for _ in ranges)
+    return f"({sql})", [value for bucket_range in ranges for value in bucket_range]
+
+
+def _duration(window: timedelta | str) -> timedelta:
+    if isinstance(window, timedelta):
+        length = window
+    else:
+        match = _DURATION.match(window)
+        if not match:
+            raise FailureIndexError(f"cannot read window={window!r}: use 24h, 7d or 2w")
+        length = timedelta(**{_UNITS[match[2]]: float(match[1])})
+    if length <= timedelta(0):
+        raise FailureIndexError(f"the window must be positive, got {window!r}")
+    return length
+
+
+def _recurred_after(per_version: Mapping[str, VersionCounts], resolution: Resolution, after_versions: Sequence[str],
+                    basis: str) -> bool:
+    """Did the pattern fail (in the window) in a version from the fix on, or after it where versions are unknown?"""
+    resolved_ts = _ts(resolution.resolved_at)
+    for version, counts in per_version.items():
+        if basis == "version" and version:
+            if version in after_versions and counts.failures:
+                return True
+        elif counts.last_ts > resolved_ts:
+            return True
+    return False
+
+
+_TRIGGER_TEXT = {
+    "recurring": "recurs across sessions",
+    "blocking": "blocks more than its share of runs",
+    "hard_constraint": "violates a hard constraint",
+    "declining_success": "the agent's success rate is falling",
+    "regressed": "came back after a fix",
+}
+
+
+def _reason(pattern: Pattern, triggers: Sequence[str], sessions: int, runs: int, human: bool) -> str:
+    share = f", {sessions / runs:.0%} of {runs} runs" if runs else ""
+    seen = f"{pattern.kind} in {sessions} sessions{share}"
+    if human:
+        return f"the agent asked for a human ({seen}): a person should handle these, not an agent change"
+    return f"{'; '.join(_TRIGGER_TEXT[t] for t in triggers)} ({seen})"
+
+
+def _feedback_excerpts(texts: Iterable[str], limit: int = 3, width: int = 200) -> list[str]:
+    """The judge's words on the newest failures, newest first, refusals only."""
+    excerpts: list[str] = []
+    for text in texts:
+        for verdict in reversed(load_json_field("judge_feedback", text) or []):
+            feedback = str(verdict.get("feedback") or "").strip() if isinstance(verdict, dict) else ""
+            if feedback and verdict.get("action") != "ACCEPT" and feedback[:width] not in excerpts:
+                excerpts.append(feedback[:width])
+            if len(excerpts) >= limit:
+                return excerpts
+    return excerpts
+
+
+def _statements(script: str) -> Iterable[str]:
+    """The statements of a migration, triggers' bodies kept whole."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    if statement.strip():
+        raise FailureIndexError(f"incomplete statement in a migration: {statement.strip()[:80]!r}")
 
 
 def _like_prefix(prefix: str) -> str:
