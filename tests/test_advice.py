@@ -291,3 +291,11 @@ def test_a_migrated_index_counts_what_the_writer_counts(tmp_path: Path) -> None:
     assert got[:3] == expected[:3]
     assert [a.model_dump(exclude={"evidence"}) for a in got[3]] == [a.model_dump(exclude={"evidence"})
                                                                       for a in expected[3]]
+
+
+def test_diagnose_names_a_newer_version_whose_definition_is_not_stored(index: hof.FailureIndex) -> None:
+    fp = _diagnosable(index)
+    index.add(runs=runs(5, ts=NOW - timedelta(days=5), prefix="early")  # v1 first seen 5 days ago
+               + runs(5, version="v2", ts=NOW - timedelta(days=3), prefix="new"))  # v2 3 days ago; v1 still runs
+    diff = index.diagnose(fp, budget_chars=50_000).sections["Definition diff"]
+    assert "newer version, v2, are recorded" in diff

@@ -656,8 +656,9 @@ class FailureIndex:
         else:  # no versions known: split by the hour of the resolution
             hour = int(resolved_ts / HOUR)
             before_runs, after_runs = self._conn.execute(
-                "SELECT coalesce(SUM(runs) FILTER (WHERE bucket < ?), 0), coalesce(SUM(runs) FILTER (WHERE bucket > ?), 0) "
-                "FROM run_counts WHERE grain = ? AND agent_id = ?", (hour, hour, HOUR, agent)).fetchone()
+                "SELECT coalesce(SUM(runs) FILTER (WHERE bucket < ?), 0), "
+                "coalesce(SUM(runs) FILTER (WHERE bucket > ?), 0) FROM run_counts WHERE grain = ? AND agent_id = ?",
+                (hour, hour, HOUR, agent)).fetchone()
             before_hits, after_hits = self._conn.execute(
                 "SELECT coalesce(SUM(sessions) FILTER (WHERE bucket < ?), 0), "
                 "coalesce(SUM(sessions) FILTER (WHERE bucket > ?), 0) "
@@ -685,7 +686,7 @@ class FailureIndex:
             "WHERE f.agent_id IS ? ORDER BY f.ts DESC LIMIT 1", (agent_id,)).fetchone()
         newest_run = self._conn.execute(
             "SELECT agent_version FROM run_counts WHERE grain = ? AND agent_id = ? AND agent_version != '' "
-            "ORDER BY first_ts DESC LIMIT 1", (DAY, agent_id or "")).fetchone()
+            "GROUP BY agent_version ORDER BY MIN(first_ts) DESC LIMIT 1", (DAY, agent_id or "")).fetchone()
         if row is None:
             return None
         return NewestDefinition(newest_version=newest_run[0] if newest_run else row[0], snapshot_version=row[0],
