@@ -467,7 +467,7 @@ def build(size: str, log=print) -> dict[str, Any]:
             counts["otlp_lines"] += 1
             span_batch.clear()
 
-        progress = perf()
+        progress, last = perf(), (0, 0.0)
         for run in generate(world, n):
             counts["runs"] += 1
             counts["failed_runs"] += not run.success
@@ -489,8 +489,10 @@ def build(size: str, log=print) -> dict[str, Any]:
                 flush_spans()
             if perf() - progress > 60:
                 progress = perf()
+                done, spent = counts["failures"] - last[0], clock["failures"] - last[1]
                 log(f"  [{size}] {counts['failures']:,} / {n:,} failures, {counts['runs']:,} runs, "
-                    f"{perf() - t0:.0f} s")
+                    f"{perf() - t0:.0f} s; add_prepared {done / max(spent, 1e-9):,.0f} failures/s since the last line")
+                last = (counts["failures"], clock["failures"])
         if fail_batch:
             flush_failures()
         if run_batch:

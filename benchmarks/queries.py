@@ -158,19 +158,27 @@ def _events(path: Path):
                             yield ev["name"], int(ev["timeUnixNano"]) / 1e9, ev.get("attributes", ())
 
 
-def scan_patterns(path: Path, since: float) -> list[tuple[str, int, int]]:
-    """patterns(since=...): failures and distinct sessions per fingerprint, most frequent first."""
-    count: dict[str, int] = defaultdict(int)
-    sessions: dict[str, set[str]] = defaultdict(set)
+def scan_patterns(path: Path, since: float) -> dict[float, list[tuple[str, int, int]]]:
+    """patterns(since=...): failures and distinct sessions per fingerprint, most frequent first.
+
+    Counted from ``since`` and, to check indexes whose windows start at the top of an hour,
+    from the top of since's hour too (one pass, keyed by the start).
+    """
+    starts = (since, since // 3600 * 3600)
+    count: dict[tuple[float, str], int] = defaultdict(int)
+    sessions: dict[tuple[float, str], set[str]] = defaultdict(set)
     for name, ts, attrs in _events(path):
-        if name != semconv.FAILURE_EVENT or ts < since:
+        if name != semconv.FAILURE_EVENT or ts < starts[1]:
             continue
         a = {kv["key"]: kv["value"] for kv in attrs}
         fp = a[_FP]["stringValue"]
-        count[fp] += 1
-        if _SESSION in a:
-            sessions[fp].add(a[_SESSION]["stringValue"])
-    return sorted(((fp, n, len(sessions[fp])) for fp, n in count.items()), key=lambda r: -r[1])
+        for start in starts:
+            if ts >= start:
+                count[start, fp] += 1
+                if _SESSION in a:
+                    sessions[start, fp].add(a[_SESSION]["stringValue"])
+    return {start: sorted(((fp, n, len(sessions[s, fp])) for (s, fp), n in count.items() if s == start),
+                          key=lambda r: -r[1]) for start in starts}
 
 
 def scan_stats(path: Path) -> dict[str, Any]:
@@ -214,9 +222,10 @@ def compare_scan(idx: FailureIndex, otlp: Path, results: dict[str, Any], scan_re
         indexed = results.get(label)
         answer = index_call()
         if isinstance(answer, list):
-            by_fp = {fp: (n, s) for fp, n, s in scanned}
-            same = sum(by_fp.get(p.fingerprint) == (p.count, p.sessions) for p in answer)
-            check = f"{same} of the index's {len(answer)} rows equal the scan's ({len(scanned)} fingerprints)"
+            exact, hourly = (sum({fp: (n, s) for fp, n, s in rows}.get(p.fingerprint) == (p.count, p.sessions)
+                                 for p in answer) for rows in scanned.values())
+            check = (f"{exact} of the index's {len(answer)} rows equal the scan's from since, {hourly} from the "
+                     f"top of its hour ({len(scanned[since])} fingerprints)")
         else:
             same = (answer.runs, answer.failed_runs, answer.failures, answer.patterns) == (
                 scanned["runs"], scanned["failed_runs"], scanned["failures"], scanned["patterns"])
