@@ -261,7 +261,9 @@ def test_recurring_failure_across_three_sessions_is_one_pattern_and_success_is_a
         (pattern,) = index.patterns()
         stats = index.stats(agent_id="report-agent")
         assert index.recent(session_id="session_ok") == []
+        versions = {r.agent_version for r in index.recent(limit=10)}
     assert (pattern.count, pattern.sessions, pattern.node_id) == (3, 3, "fail_node")
+    assert len(versions) == 1  # each run builds a new Goal, stamped with its own created_at: one version still
     assert (stats.runs, stats.failed_runs) == (4, 1 * 3)
 
 

@@ -18,6 +18,8 @@ from typing import Any
 from ..record import FailureKind, FailureRecord, JudgeFeedback, ToolCallAttempt
 
 _MAX_ITEMS = 50  # judge verdicts / tool calls kept per unit; the newest win
+# Hive's Goal stamps itself with the time it was built: not part of what the agent is.
+_VOLATILE = frozenset({"created_at", "updated_at"})
 
 
 class Definition:
@@ -33,8 +35,8 @@ class Definition:
 
     def snapshot_parts(self) -> dict[str, Any]:
         """The definition as plain data without pydantic defaults: what a reader needs, smaller to scrub."""
-        return {k: v.model_dump(mode="json", exclude_defaults=True) if hasattr(v, "model_dump") else v
-                for k, v in self.parts.items()}
+        return {k: v.model_dump(mode="json", exclude_defaults=True, exclude=_VOLATILE) if hasattr(v, "model_dump")
+                else v for k, v in self.parts.items()}
 
 
 @dataclass
@@ -138,8 +140,8 @@ def qualified_name(exc: BaseException) -> str:
 
 def _canonical_bytes(value: Any) -> bytes:
     dump = getattr(value, "model_dump_json", None)
-    if callable(dump):
-        return dump().encode("utf-8", "replace")  # pydantic's own serialiser: fast, stable for one definition
+    if callable(dump):  # pydantic's own serialiser: fast, stable for one definition
+        return dump(exclude=_VOLATILE).encode("utf-8", "replace")
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "replace")
 
 
