@@ -70,7 +70,7 @@ def test_patterns_table_and_json(populated: Path) -> None:
 
 def test_stats_table_and_json(populated: Path) -> None:
     code, out = run("stats", "--db", str(populated))
-    assert code == 0 and "failure rate: 30.0%" in out and "parse" in out
+    assert code == 0 and "failure rate: 30.0%" in out and "parse" in out and "by agent version" in out
     code, out = run("stats", "--db", str(populated), "--json", "--agent", "report-agent")
     data = json.loads(out)
     assert (data["runs"], data["failed_runs"], data["failures"]) == (10, 3, 4)

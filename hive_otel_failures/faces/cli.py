@@ -152,6 +152,14 @@ def stats(db: Db = None, as_json: Json = False, agent: Agent = None, since: Sinc
     out.print(table)
     if result.by_kind:
         out.print("by kind: " + ", ".join(f"{k}={v}" for k, v in result.by_kind.items()))
+    if result.by_version:
+        versions = _table("by agent version", "agent", "version", "first seen", "runs", "failed", "rate", "failures",
+                          wide="")
+        for v in result.by_version:
+            versions.add_row(v.agent_id or "-", v.agent_version or "-", _when(v.first_seen), str(v.runs),
+                             str(v.failed_runs), f"{v.failure_rate:.1%}" if v.failure_rate is not None else "-",
+                             str(v.failures))
+        out.print(versions)
 
 
 @app.command()
@@ -262,7 +270,8 @@ def queen_uninstall() -> None:
 
 @app.command()
 def demo(db: Db = None) -> None:
-    """Run real Hive agents (a scripted LLM: no key, no network) that fail, and show what the index learnt."""
+    """The whole loop on real Hive (a scripted LLM: no key, no network): failures, advice, the Queen's fix, its
+    effect, a regression."""
     try:
         from .demo import main as run_demo
     except ImportError as exc:

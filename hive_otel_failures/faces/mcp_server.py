@@ -49,7 +49,8 @@ _DETAIL_CUT_ORDER = ("graph_snapshot", "memory_snapshot", "input_context", "tool
 INSTRUCTIONS = (
     "The index of this Hive installation's agent failures. Before proposing or making a change to "
     "an agent, call evolution_advice, then diagnose_failure on the pattern you act on. After "
-    "deploying a fix, call record_resolution with the new agent_version. Use fix_effect to check "
+    "deploying a fix, call record_resolution (with the agent_version that carries the fix, if you know it). "
+    "Use fix_effect to check "
     "whether a past fix worked before fixing the same pattern again."
 )
 
@@ -278,7 +279,7 @@ class FailureTools:
                              agent_version=agent_version)
         nxt = "call fix_effect on this fingerprint once the new version has had some runs"
         if agent_version is None:
-            nxt += " (without agent_version, before/after is split by time, which is less precise)"
+            nxt += " (without agent_version, the versions first seen after now count as the fix's)"
         return self._fit_fields(_plain({"recorded": done, "next": nxt}), ())
 
     def failure_stats(self, target_agent: str | None = None, since: str | None = None) -> str:
@@ -334,12 +335,14 @@ DESCRIPTIONS = {
         "'trimmed' lists what was left out to fit."),
     "fix_effect": (
         "Did a past fix work? For each resolution recorded on a pattern: how often the pattern hit runs "
-        "before it and after it (from its agent_version on, else from its time), a verdict (fixed, "
+        "before it and after it (from its agent_version on, else from the versions first seen after it), "
+        "a verdict (fixed, "
         "not_fixed, too_early) and a p-value. Call it before fixing a pattern that was already resolved, "
         "and once a deployed fix has had runs."),
     "record_resolution": (
         "Call right after deploying a fix for a failure pattern (e.g. after evolving the agent): records "
-        "what was done and the NEW agent_version, so fix_effect can compare runs before and after and "
+        "what was done (and the agent_version that carries the fix, if known; without it, versions first "
+        "seen after this call count as fixed ones), so fix_effect can compare runs before and after and "
         "nobody repeats a fix that failed. Pass the fingerprint from evolution_advice or failure_patterns."),
     "failure_stats": (
         "How an agent (or all agents) is doing over a window: runs, failed runs, failure rate, failures "
@@ -414,7 +417,8 @@ def build_server(db: str | None = None, *, max_chars: int = DEFAULT_MAX_CHARS, h
                                     min_length=1, description="What was done, e.g. 'validate rows before "
                                                               "totalling in node parse'.")],
                                 agent_version: Annotated[str | None, Field(
-                                    description="The agent version that carries the fix (the NEW one).")] = None,
+                                    description="The agent version that carries the fix, if known. Leave it "
+                                                "out when the fixed version has not run yet.")] = None,
                                 evolution_triggered: Annotated[bool, Field(
                                     description="False when fixed without changing the agent.")] = True) -> str:
         return await run(tools.record_resolution, fingerprint=fingerprint, resolution=resolution,
