@@ -137,12 +137,9 @@ MIGRATIONS: list[str] = [
            SUM(success = 0), MIN(started_at)
     FROM runs, grains GROUP BY 1, 2, 3, 4;
     INSERT INTO failure_counts (grain, bucket, fingerprint, agent_version, failures, sessions, first_ts, last_ts)
-    SELECT grain, CAST(f.ts / grain AS INTEGER), f.fingerprint, coalesce(f.agent_version, ''), COUNT(*),
-           SUM(firsts.first_row IS NOT NULL), MIN(f.ts), MAX(f.ts)
-    FROM failures f
-    LEFT JOIN (SELECT MIN(rowid) AS first_row FROM failures GROUP BY fingerprint, session_id) firsts
-           ON firsts.first_row = f.rowid,
-         grains
+    SELECT g.grain, CAST(f.ts / g.grain AS INTEGER), f.fingerprint, coalesce(f.agent_version, ''), COUNT(*),
+           SUM(f.rowid IN (SELECT MIN(rowid) FROM failures GROUP BY fingerprint, session_id)), MIN(f.ts), MAX(f.ts)
+    FROM failures f, grains g
     GROUP BY 1, 2, 3, 4;
     DROP INDEX failures_fp_session;  -- new (pattern, session) pairs are looked up by session instead
     CREATE INDEX failures_fp_ts ON failures(fingerprint, ts);  -- a pattern's newest failures, as examples
