@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from .. import semconv
-from ..index import default_location
+from ..index import FailureIndexError, index_path
 
 DEFAULT_NAME = "hive-failures"
 _DESCRIPTION = ("Hive failure index: what keeps failing, whether to change an agent, a diagnosis for the "
@@ -48,14 +48,10 @@ def _registry() -> tuple[Any, Path]:
 
 def _absolute_db(db: str | None) -> Path:
     """The index as an absolute file path: the Queen's server does not run in this directory."""
-    location = db if db is not None else default_location()
-    if location.startswith(("postgresql://", "postgres://")):
-        raise QueenSetupError("the Queen's server reads a SQLite index; give a path or a sqlite:/// URL")
-    if location.startswith("sqlite://"):
-        location = location.removeprefix("sqlite://").removeprefix("/")
-    if not location:
-        raise QueenSetupError("an in-memory index cannot be shared with the Queen; give a path")
-    return Path(location).expanduser().resolve()
+    try:
+        return index_path(db).resolve()
+    except FailureIndexError as exc:
+        raise QueenSetupError(f"the Queen's server reads a SQLite index file: {exc}") from None
 
 
 def server_args(db: str | None = None) -> list[str]:

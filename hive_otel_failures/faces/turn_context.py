@@ -33,10 +33,9 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ..index import Advice, FailureIndex, FailureIndexError, default_location, open_index
+from ..index import Advice, FailureIndex, FailureIndexError, default_location, index_path, open_index
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +102,10 @@ class FailureAdviceContext:
 
     def _open(self) -> FailureIndex | None:
         location = default_location()
-        path = _path_of(location)
+        try:
+            path = index_path(location)
+        except FailureIndexError:
+            path = None  # not a file (a server URL): open_index says why
         try:
             stat = os.stat(path) if path is not None else None
         except FileNotFoundError:
@@ -183,12 +185,3 @@ def _cut(text: str) -> str:
     """The hard cap, whatever the lines held (the loop above keeps to it for sane input)."""
     data = text.encode("utf-8")
     return text if len(data) <= _MAX_BYTES else data[:_MAX_BYTES].decode("utf-8", "ignore")
-
-
-def _path_of(location: str) -> Path | None:
-    """The file behind an index location, as open_index reads it; None for a server URL."""
-    if location.startswith(("postgresql://", "postgres://")):
-        return None
-    if location.startswith("sqlite://"):
-        location = location.removeprefix("sqlite://").removeprefix("/")
-    return Path(location).expanduser()

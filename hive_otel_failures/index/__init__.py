@@ -21,12 +21,10 @@ def default_location() -> str:
     return str(Path(home).expanduser() / "failures.db")
 
 
-def open_index(url_or_path: str | os.PathLike[str] | None = None, *, create: bool = True,
-               limits: Limits | None = None) -> FailureIndex:
-    """Open (and create or migrate) a failure index.
+def index_path(url_or_path: str | os.PathLike[str] | None = None) -> Path:
+    """The SQLite file of an index location: a path, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
 
-    Accepts a path, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``; None means the
-    default location. ``create=False`` refuses to make a new file (readers, the CLI).
+    None means the default location. Raises FailureIndexError for what is not a file.
     """
     location = str(url_or_path) if url_or_path is not None else default_location()
     if location.startswith(("postgresql://", "postgres://")):
@@ -35,9 +33,18 @@ def open_index(url_or_path: str | os.PathLike[str] | None = None, *, create: boo
         location = location.removeprefix("sqlite://").removeprefix("/")
         if not location:
             raise FailureIndexError("an in-memory SQLite index cannot be shared with a writer thread; give a path")
-    return FailureIndex(location, create=create, limits=limits)
+    return Path(location).expanduser()
+
+
+def open_index(url_or_path: str | os.PathLike[str] | None = None, *, create: bool = True,
+               limits: Limits | None = None) -> FailureIndex:
+    """Open (and create or migrate) a failure index at ``index_path(url_or_path)``.
+
+    ``create=False`` refuses to make a new file (readers, the CLI).
+    """
+    return FailureIndex(index_path(url_or_path), create=create, limits=limits)
 
 
 __all__ = ["Advice", "Diagnosis", "Evidence", "FailureIndex", "FailureIndexError", "FixEffect", "NodeStats", "Pattern",
-           "Resolution", "ResolutionEffect", "RunRate", "Stats", "VersionStats", "default_location", "open_index",
-           "parse_since"]
+           "Resolution", "ResolutionEffect", "RunRate", "Stats", "VersionStats", "default_location", "index_path",
+           "open_index", "parse_since"]
