@@ -74,6 +74,7 @@ def test_cli_queen_install_and_uninstall(tmp_path: Path, db_path: Path) -> None:
 def test_the_registered_command_starts_the_server(tmp_path: Path, db_path: Path) -> None:
     """The entry's command line, run as Hive runs it, from another directory: the server answers."""
     import subprocess
+    import time
 
     install(str(db_path))
     stdio = installed(tmp_path / "hive_home")["hive-failures"]["manifest"]["stdio"]
@@ -82,7 +83,19 @@ def test_the_registered_command_starts_the_server(tmp_path: Path, db_path: Path)
                          "clientInfo": {"name": "test", "version": "0"}}},
              {"jsonrpc": "2.0", "method": "notifications/initialized"},
              {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]
-    done = subprocess.run([stdio["command"], *stdio["args"]], input="".join(json.dumps(m) + "\n" for m in hello),
-                          capture_output=True, text=True, timeout=60, cwd="/", env=dict(os.environ))
-    replies = {m["id"]: m for m in map(json.loads, done.stdout.splitlines())}
+    # stdin stays open until the answer is read: a server may stop at end of input before it answers.
+    with subprocess.Popen([stdio["command"], *stdio["args"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, cwd="/", env=dict(os.environ)) as server:
+        server.stdin.write("".join(json.dumps(m) + "\n" for m in hello))
+        server.stdin.flush()
+        replies = {}
+        deadline = time.monotonic() + 60
+        while 2 not in replies and time.monotonic() < deadline:
+            line = server.stdout.readline()
+            if not line:
+                break
+            message = json.loads(line)
+            replies[message.get("id")] = message
+        server.stdin.close()
+        server.wait(timeout=30)
     assert len(replies[2]["result"]["tools"]) == 8
