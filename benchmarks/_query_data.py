@@ -34,7 +34,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from hive_otel_failures import semconv
 from hive_otel_failures.fingerprint import fingerprint as compute_fingerprint
 from hive_otel_failures.index import FailureIndex
 from hive_otel_failures.index.schema import LATEST_VERSION
-from hive_otel_failures.record import FailureRecord, JudgeFeedback, RunOutcome, ToolCallAttempt, prepare, to_attributes
+from hive_otel_failures.record import FailureRecord, RunOutcome, prepare, to_attributes
 
 GENERATOR_VERSION = 1
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -54,11 +54,8 @@ FAILURES_PER_SESSION = ((1, 0.70), (2, 0.20), (3, 0.10))  # mean 1.4: ~14% of ru
 BATCH = 512  # the processor's max_batch_size
 _P = semconv.FAILURE_PREFIX
 
-_WORDS = ("order invoice customer refund shipment ticket report summary source citation email draft review "
-          "policy contract quote budget forecast region account payment vendor product inventory lead "
-          "campaign meeting schedule priority escalation approval threshold dataset column metric").split()
-_NODES = ("intake planner research fetch_orders classify summarize write_report review send_email "
-          "extract_fields validate lookup_account draft_reply route").split()
+_WORDS = ["order", "invoice", "customer", "refund", "shipment", "ticket", "report", "summary", "source", "citation", "email", "draft", "review", "policy", "contract", "quote", "budget", "forecast", "region", "account", "payment", "vendor", "product", "inventory", "lead", "campaign", "meeting", "schedule", "priority", "escalation", "approval", "threshold", "dataset", "column", "metric"]
+_NODES = ["intake", "planner", "research", "fetch_orders", "classify", "summarize", "write_report", "review", "send_email", "extract_fields", "validate", "lookup_account", "draft_reply", "route"]
 _TOOLS = ("web_search", "fetch_url", "sql_query", "send_email", "read_file", "crm_lookup", "calendar_create")
 
 
@@ -97,8 +94,8 @@ _CATALOG: list[tuple[str, str, str, bool, bool, tuple[str, ...], tuple[str, ...]
     ("timeout", "asyncio.TimeoutError", "{w} node exceeded its {n}s time limit", False, False, (), ()),
     ("node_failed", "hive.node_failed", "node returned success=False after {n} attempts: {w} has no {w2}",
      True, True, (), ("output names the {w}",)),
-    ("judge_escalated", "hive.judge_escalated", "judge escalated after {n} attempts: {w} summary does not cite "
-     "sources", True, False, (), ("every claim cites a source",)),
+    ("judge_escalated", "hive.judge_escalated", ("judge escalated after {n} attempts: {w} summary does not cite "
+                                                 "sources"), True, False, (), ("every claim cites a source",)),
     ("constraint_violated", "hive.constraint_violated", "constraint no_{w}_in_output violated at turn {n}",
      True, False, ("no_{w}_in_output",), ()),
     ("escalated", "hive.escalation", "agent asked for a human: cannot decide {w} over {n} USD", False, False, (), ()),
@@ -209,7 +206,7 @@ def _graph_snapshot(rng: random.Random, agent: str, version: str) -> str:
     graph = {"id": agent, "version": version, "entry": nodes[0],
              "nodes": [{"id": n, "tools": rng.sample(_TOOLS, 2), "max_retries": 3,
                         "system_prompt": " ".join(_sentence(rng) for _ in range(rng.randint(2, 5)))} for n in nodes],
-             "edges": [{"source": a, "target": b, "condition": "on_success"} for a, b in zip(nodes, nodes[1:])]}
+             "edges": [{"source": a, "target": b, "condition": "on_success"} for a, b in itertools.pairwise(nodes)]}
     return json.dumps(graph, ensure_ascii=False, sort_keys=True)
 
 
@@ -247,7 +244,7 @@ class _Content:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(slots=True)
@@ -282,7 +279,7 @@ def generate(world: World, n_failures: int, seed: int = 11) -> Iterator[Run]:
         # Later versions fail a little less often: the versions view has something to show.
         fails = rng.random() < base_fail * world.fail_scale[a] * (1.15 - 0.1 * v)
         duration = rng.uniform(5, 300)
-        stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%Y%m%d_%H%M%S")
+        stamp = datetime.fromtimestamp(t, UTC).strftime("%Y%m%d_%H%M%S")
         run = Run(session_id=f"session_{stamp}_{rng.getrandbits(32):08x}", agent_id=world.agents[a],
                   agent_version=world.versions[a][v][1], started=t, ended=t + duration, success=not fails,
                   quality=rng.choice(("good", "good", "degraded", None)), trace_id=f"{rng.getrandbits(128):032x}",
@@ -473,8 +470,8 @@ def build(size: str, log=print) -> dict[str, Any]:
             counts["failed_runs"] += not run.success
             run_batch.append(RunOutcome(session_id=run.session_id, agent_id=run.agent_id,
                                         agent_version=run.agent_version,
-                                        started_at=datetime.fromtimestamp(run.started, timezone.utc),
-                                        ended_at=datetime.fromtimestamp(run.ended, timezone.utc),
+                                        started_at=datetime.fromtimestamp(run.started, UTC),
+                                        ended_at=datetime.fromtimestamp(run.ended, UTC),
                                         success=run.success, quality=run.quality, failures=len(run.failures)))
             fail_batch.extend(run.failures)
             counts["failures"] += len(run.failures)

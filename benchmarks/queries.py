@@ -39,16 +39,16 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _query_data as data  # noqa: E402
+import _query_data as data
 
-from hive_otel_failures import semconv  # noqa: E402
-from hive_otel_failures.index import FailureIndex  # noqa: E402
-from hive_otel_failures.index.schema import LATEST_VERSION  # noqa: E402
+from hive_otel_failures import semconv
+from hive_otel_failures.index import FailureIndex
+from hive_otel_failures.index.schema import LATEST_VERSION
 
 TARGET_MS = {"patterns(since=7d)": 100, "stats()": 100, "stats(agent)": 100, "advise()": 100, "advise(agent)": 100,
              "diagnose(fp)": 50}
@@ -210,7 +210,7 @@ def compare_scan(idx: FailureIndex, otlp: Path, results: dict[str, Any], scan_re
     print(f"  {'group-by':<22}{'index p50':>11}{'file scan':>12}{'scan/index':>12}  scans  same answer?")
     for label, scan, index_call in (
         ("patterns(since=7d)", lambda: scan_patterns(otlp, since),
-         lambda: idx.patterns(since=datetime.fromtimestamp(since, timezone.utc))),
+         lambda: idx.patterns(since=datetime.fromtimestamp(since, UTC))),
         ("stats()", lambda: scan_stats(otlp), lambda: idx.stats()),
     ):
         samples = []
