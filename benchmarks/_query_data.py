@@ -54,8 +54,16 @@ FAILURES_PER_SESSION = ((1, 0.70), (2, 0.20), (3, 0.10))  # mean 1.4: ~14% of ru
 BATCH = 512  # the processor's max_batch_size
 _P = semconv.FAILURE_PREFIX
 
-_WORDS = ["order", "invoice", "customer", "refund", "shipment", "ticket", "report", "summary", "source", "citation", "email", "draft", "review", "policy", "contract", "quote", "budget", "forecast", "region", "account", "payment", "vendor", "product", "inventory", "lead", "campaign", "meeting", "schedule", "priority", "escalation", "approval", "threshold", "dataset", "column", "metric"]
-_NODES = ["intake", "planner", "research", "fetch_orders", "classify", "summarize", "write_report", "review", "send_email", "extract_fields", "validate", "lookup_account", "draft_reply", "route"]
+_WORDS = [
+    'order', 'invoice', 'customer', 'refund', 'shipment', 'ticket', 'report', 'summary', 'source', 'citation',
+    'email', 'draft', 'review', 'policy', 'contract', 'quote', 'budget', 'forecast', 'region', 'account',
+    'payment', 'vendor', 'product', 'inventory', 'lead', 'campaign', 'meeting', 'schedule', 'priority',
+    'escalation', 'approval', 'threshold', 'dataset', 'column', 'metric'
+]
+_NODES = [
+    'intake', 'planner', 'research', 'fetch_orders', 'classify', 'summarize', 'write_report', 'review',
+    'send_email', 'extract_fields', 'validate', 'lookup_account', 'draft_reply', 'route'
+]
 _TOOLS = ("web_search", "fetch_url", "sql_query", "send_email", "read_file", "crm_lookup", "calendar_create")
 
 
@@ -237,7 +245,8 @@ class _Content:
 
     def tools(self) -> str:
         rng = self.rng
-        return json.dumps([{"arguments": {"query": self.sentences[rng.randrange(400)][:60], "limit": rng.randint(1, 50)},
+        return json.dumps([{"arguments": {"query": self.sentences[rng.randrange(400)][:60],
+                                          "limit": rng.randint(1, 50)},
                             "is_error": rng.random() < 0.6, "result": self.sentences[rng.randrange(400)],
                             "tool_name": rng.choice(_TOOLS)} for _ in range(rng.randint(1, 3))],
                           ensure_ascii=False, sort_keys=True)

@@ -246,7 +246,8 @@ def mcp_arguments(meta: dict[str, Any], idx: FailureIndex) -> dict[str, dict[str
     return {
         "failure_patterns": {"since": "7d"}, "recent_failures": {"limit": 20},
         "failure_detail": {"failure_id": failure_id}, "evolution_advice": {},
-        "diagnose_failure": {"fingerprint": picked["frequent_fp"]}, "fix_effect": {"fingerprint": picked["resolved_fp"]},
+        "diagnose_failure": {"fingerprint": picked["frequent_fp"]},
+        "fix_effect": {"fingerprint": picked["resolved_fp"]},
         "failure_stats": {}, "record_resolution": "skipped: it writes to the cached index",
     }
 
@@ -302,13 +303,42 @@ def mcp_section(db: Path, meta: dict[str, Any], idx: FailureIndex, repeats: int)
         print(f"  failed: {exc!r}"[:300])
 
 
+def turn_context_section(db: Path, repeats: int) -> None:
+    """The Queen's turn-context plugin as Hive calls it: ``await plugin.context(queen_id, message)``."""
+    os.environ["HIVE_FAILURES_DB"] = str(db)
+    from hive_otel_failures.faces.turn_context import FailureAdviceContext
+
+    async def measure() -> tuple[float, list[float], str | None]:
+        plugin = FailureAdviceContext()
+        await plugin.start()
+        try:
+            t0 = time.perf_counter()
+            text = await plugin.context("default", "hello")
+            first = time.perf_counter() - t0
+            samples = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                await plugin.context("default", "next turn")
+                samples.append(time.perf_counter() - t0)
+            return first, samples, text
+        finally:
+            await plugin.stop()
+
+    first, samples, text = asyncio.run(measure())
+    p50, p95 = percentiles(samples)
+    size = len((text or "").encode("utf-8"))
+    print(f"  turn context: first call {fmt_ms(first).strip()} ms (opens the index), then p50 {fmt_ms(p50).strip()} "
+          f"ms, p95 {fmt_ms(p95).strip()} ms over {len(samples)} turns; reminder {size} bytes")
+
+
 # --- main ----------------------------------------------------------------------------------------------------
 def print_build(size: str, meta: dict[str, Any], built_now: bool) -> None:
     how = "built now" if built_now else f"cached, built {meta['built_at'][:16]}Z"
     print(f"  {meta['failures']:,} failures, {meta['runs']:,} runs ({meta['failed_runs']:,} failed); {how} "
           f"in {meta['seconds_total']:.0f} s by code {meta['code']}")
     print(f"  write path: add_prepared {meta['failures_per_s']:,.0f} failures/s "
-          f"({meta['seconds_add_failures']:.1f} s), {meta['runs_per_s']:,.0f} runs/s ({meta['seconds_add_runs']:.1f} s), "
+          f"({meta['seconds_add_failures']:.1f} s), {meta['runs_per_s']:,.0f} runs/s "
+          f"({meta['seconds_add_runs']:.1f} s), "
           f"batches of {meta['batch']}; generating + OTLP lines took the rest")
     print(f"  index {human_bytes(meta['db_bytes'])} ({meta['db_bytes'] / meta['failures'] / 1024:.2f} KB per failure "
           f"with its run rows); OTLP file {human_bytes(meta['otlp_bytes'])} ({meta['otlp_lines']:,} lines)")
@@ -358,6 +388,7 @@ def main() -> None:
             print(f"  the same group-bys by scanning {paths['otlp'].name} (json.loads per line), "
                   f"{'once' if scan_repeats == 1 else f'median of {scan_repeats}'}:")
             compare_scan(idx, paths["otlp"], results, scan_repeats)
+        turn_context_section(paths["db"], args.repeats)
         if not args.no_mcp and size == sizes[-1]:
             print(f"  MCP tool round trips over stdio on the {size} index:")
             mcp_section(paths["db"], meta, idx, min(args.repeats, 20))
