@@ -299,3 +299,82 @@ def test_diagnose_names_a_newer_version_whose_definition_is_not_stored(index: ho
                + runs(5, version="v2", ts=NOW - timedelta(days=3), prefix="new"))  # v2 3 days ago; v1 still runs
     diff = index.diagnose(fp, budget_chars=50_000).sections["Definition diff"]
     assert "newer version, v2, are recorded" in diff
+
+
+def test_a_resolution_naming_a_label_counts_the_versions_deployed_after_it(index: hof.FailureIndex) -> None:
+    """Hive's versions are hashes; a fix recorded as "v2" is measured on the versions first seen after it."""
+    fp = _resolved(index, agent_version="v2")
+    later = datetime.now(timezone.utc) + timedelta(minutes=1)
+    index.add([fail(f"h{i}", version="sha256:abc", ts=later) for i in range(8)],
+              runs(10, failed=8, version="sha256:abc", ts=later))
+    (effect,) = index.fix_effect(fp).effects
+    assert effect.after.versions == ["sha256:abc", "v2"] and (effect.after.runs, effect.after.sessions) == (10, 8)
+    (advice,) = index.advise()
+    assert "regressed" in advice.triggers
+
+
+def test_a_fix_outside_the_agent_is_measured_by_time(index: hof.FailureIndex) -> None:
+    fp = _resolved(index, evolution_triggered=False)  # e.g. the payment provider's data was fixed
+    later = datetime.now(timezone.utc) + timedelta(hours=2)
+    index.add([fail(f"again{i}", ts=later) for i in range(3)], runs(10, failed=3, ts=later, prefix="after"))
+    (effect,) = index.fix_effect(fp).effects
+    assert (effect.basis, effect.after.runs, effect.after.sessions) == ("time", 10, 3)
+    assert "regressed" in index.advise()[0].triggers  # the same version failing after the fix's time
+
+
+def test_the_previous_window_ends_where_the_recent_one_starts(index: hof.FailureIndex) -> None:
+    """Runs at the window's start hour count in the recent window only, never in both."""
+    edge = NOW - timedelta(days=7)
+    index.add([fail(f"s{i}") for i in range(3)], runs(30, ts=edge, prefix="edge"))
+    (advice,) = index.advise()
+    assert advice.evidence.success_rate_previous is None and advice.evidence.agent_runs == 30
+
+
+def test_a_failure_already_stored_does_not_move_a_sessions_count(index: hof.FailureIndex) -> None:
+    """A batch that repeats a stored failure (a writer retry) counts sessions as the first writing would."""
+    three_days_ago = NOW - timedelta(days=3)
+    index.add([fail("x", ts=three_days_ago, failure_id="dup")])
+    index.add([fail("x", ts=three_days_ago, failure_id="dup"), fail("s1", ts=three_days_ago, failure_id="a1"),
+               fail("s1", failure_id="b1")])
+    (recent,) = index.patterns(since="2d")
+    assert (recent.count, recent.sessions) == (1, 1)  # s1 counts on the day of its first failure, 3 days ago
+    (all_time,) = index.patterns(since="4d")
+    assert (all_time.count, all_time.sessions) == (3, 2)
+    assert (index.patterns()[0].count, index.patterns()[0].sessions) == (3, 2)
+
+
+def test_a_run_recorded_again_with_a_version_leaves_no_empty_version(index: hof.FailureIndex) -> None:
+    index.add(runs=[hof.RunOutcome(session_id="s1", agent_id="billing", success=True)])
+    index.add(runs=[hof.RunOutcome(session_id="s1", agent_id="billing", agent_version="v2", success=True)])
+    assert [(v.agent_version, v.runs) for v in index.stats().by_version] == [("v2", 1)]
+
+
+def test_resolutions_are_bounded_and_scrubbed(index: hof.FailureIndex) -> None:
+    index.add([fail(f"s{i}") for i in range(3)])
+    fp = index.patterns()[0].fingerprint
+    done = index.resolve(fp, "rotated the key sk-abcdefghijklmnopqrstuvwxyz123456 and " + "x" * 20_000)
+    assert len(done.resolution) <= 2000 and "sk-abcdefghijklmnop" not in done.resolution
+    assert index.resolutions(fp)[0].resolution == done.resolution
+
+
+def test_diagnose_refuses_a_budget_too_small_to_be_useful(index: hof.FailureIndex) -> None:
+    fp = _diagnosable(index)
+    for budget in (-5, 0, 999):
+        with pytest.raises(hof.FailureIndexError, match="budget_chars"):
+            index.diagnose(fp, budget_chars=budget)
+    small = index.diagnose(fp, budget_chars=1000)
+    assert len(small.markdown) <= 1000 and "latest failure" in small.sections["Failure"]
+    assert "more)" in small.markdown and len(small.trimmed) > 5  # the note names a few; `trimmed` has them all
+
+
+def test_readers_never_migrate(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.executescript(MIGRATIONS[0])
+    old.execute("PRAGMA user_version = 1")
+    old.close()
+    with pytest.raises(hof.FailureIndexError, match="hive-failures migrate"):
+        hof.open_index(tmp_path / "old.db", create=False)
+    assert sqlite3.connect(tmp_path / "old.db").execute("PRAGMA user_version").fetchone()[0] == 1
+    sqlite3.connect(tmp_path / "foreign.db").execute("CREATE TABLE t (x)")
+    with pytest.raises(hof.FailureIndexError, match="not a failure index"):
+        hof.open_index(tmp_path / "foreign.db", create=False)

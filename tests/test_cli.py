@@ -101,9 +101,9 @@ def test_diagnose_markdown_and_json(populated: Path) -> None:
     fp = json.loads(out)[0]["fingerprint"]
     code, out = run("diagnose", fp[:8], "--db", str(populated))
     assert code == 0 and out.startswith(f"# Failure pattern {fp}") and "## Why change the agent" in out
-    code, out = run("diagnose", fp, "--db", str(populated), "--json", "--budget", "800")
+    code, out = run("diagnose", fp, "--db", str(populated), "--json", "--budget", "1000")
     data = json.loads(out)
-    assert len(data["markdown"]) <= 800 and data["trimmed"]
+    assert len(data["markdown"]) <= 1000 and data["trimmed"]
     code, out = run("diagnose", "v9:nothing", "--db", str(populated))
     assert code == 2 and "no single pattern" in out and "Traceback" not in out
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from ..index import FailureIndex, FailureIndexError, open_index
+from ..index import FailureIndex, FailureIndexError, index_path, open_index
 
 app = typer.Typer(help="Query the local index of Hive agent failures.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -228,7 +228,7 @@ def resolve(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerpri
 @app.command()
 def diagnose(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerprint or a unique prefix.")],
              db: Db = None, as_json: Json = False,
-             budget: Annotated[int, typer.Option("--budget", min=500, help="Size limit in characters.")] = 12_000
+             budget: Annotated[int, typer.Option("--budget", min=1000, help="Size limit in characters.")] = 12_000
              ) -> None:
     """What a coding agent needs to change the agent for a pattern, in Markdown (or --json)."""
     with _index(db) as index:
@@ -266,6 +266,19 @@ def queen_uninstall() -> None:
     from .queen import uninstall
 
     out.print(uninstall())
+
+
+@app.command()
+def migrate(db: Db = None) -> None:
+    """Upgrade an index to this version's schema. Readers never do; at 1M failures it takes about half a minute."""
+    try:
+        if not index_path(db).exists():
+            raise FailureIndexError(f"no failure index at {index_path(db)} (set HIVE_FAILURES_DB or pass --db)")
+    except FailureIndexError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    with _index(db, create=True) as index:
+        out.print(f"{index.path}: schema version {index.schema_version}")
 
 
 @app.command()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from ..index import FailureIndex, FailureIndexError, default_location, open_index, parse_since
+from ..index import MIN_DIAGNOSIS_CHARS, FailureIndex, FailureIndexError, default_location, open_index, parse_since
 
 if TYPE_CHECKING:
     from mcp.server.fastmcp import FastMCP
@@ -229,7 +229,6 @@ class FailureTools:
         return self._fit_fields(_plain(record), _DETAIL_CUT_ORDER)
 
     def evolution_advice(self, target_agent: str | None = None, window: str = "7d", min_sessions: int = 3) -> str:
-        parse_since(window)
         index = self.index()
         if index is None:
             return self._empty("advice")
@@ -261,7 +260,7 @@ class FailureTools:
             text = _dumps(answer)
             if len(text) <= self.max_chars:
                 return text
-            budget = max(500, budget * self.max_chars // len(text) - 200)  # JSON escaping took the difference
+            budget = max(MIN_DIAGNOSIS_CHARS, budget * self.max_chars // len(text) - 200)  # JSON escaping took it
         return self._fit_fields(answer, ("markdown",))
 
     def fix_effect(self, fingerprint: str, min_runs: int = 30) -> str:
@@ -396,15 +395,16 @@ def build_server(db: str | None = None, *, max_chars: int = DEFAULT_MAX_CHARS, h
         return await run(tools.failure_detail, failure_id=failure_id)
 
     async def evolution_advice(target_agent: Agent = None,
-                               window: Annotated[str, Field(description="Look back this far: '24h', '7d', "
-                                                                        "'2w' or an ISO 8601 time.")] = "7d",
+                               window: Annotated[str, Field(description="Look back this far: '24h', '7d' "
+                                                                        "or '2w'.")] = "7d",
                                min_sessions: Annotated[int, Field(
                                    ge=1, description="A pattern must have hit at least this many sessions.")] = 3,
                                ) -> str:
         return await run(tools.evolution_advice, target_agent=target_agent, window=window, min_sessions=min_sessions)
 
     async def diagnose_failure(fingerprint: Fingerprint, budget_chars: Annotated[int | None, Field(
-            ge=500, description="Size limit of the Markdown in characters; the tool's own bound caps it.")] = None,
+            ge=MIN_DIAGNOSIS_CHARS,
+            description="Size limit of the Markdown in characters; the tool's own bound caps it.")] = None,
                                ) -> str:
         return await run(tools.diagnose_failure, fingerprint=fingerprint, budget_chars=budget_chars)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 HUMAN_KINDS = frozenset({"escalated"})  # the agent asked for a human: not the agent's definition to change
 HARD_CONSTRAINT_KINDS = frozenset({"constraint_violated"})  # only hard violations become failures of this kind
+FIX_MIN_RUNS = 30  # runs from a fix's version on before its verdict can be more than too_early
 
 
 def lower_p_value(hits_before: int, n_before: int, hits_after: int, n_after: int) -> float | None:
@@ -34,20 +36,16 @@ def lower_p_value(hits_before: int, n_before: int, hits_after: int, n_after: int
 
 @dataclass
 class VersionCounts:
-    """One pattern's failures and sessions, or one agent's runs, in one agent version."""
+    """One pattern's failures and sessions in one agent version."""
 
     failures: int = 0
     sessions: int = 0
-    runs: int = 0
-    failed: int = 0
     first_ts: float = math.inf
     last_ts: float = -math.inf
 
     def add(self, other: "VersionCounts") -> None:
         self.failures += other.failures
         self.sessions += other.sessions
-        self.runs += other.runs
-        self.failed += other.failed
         self.first_ts = min(self.first_ts, other.first_ts)
         self.last_ts = max(self.last_ts, other.last_ts)
 
@@ -61,29 +59,30 @@ def total(counts: Iterable[VersionCounts]) -> VersionCounts:
 
 @dataclass
 class Split:
-    """Which versions a resolution's rate is measured before and from; basis ``time`` when none are known."""
+    """Which versions a resolution's rate is measured before and from; basis ``time`` when versions can't tell."""
 
-    basis: str
+    basis: Literal["version", "time"]
     before: list[str] = field(default_factory=list)
     after: list[str] = field(default_factory=list)
 
 
-def split_versions(first_seen: Mapping[str, float], resolved_ts: float, named: str | None) -> Split:
+def split_versions(first_seen: Mapping[str, float], resolved_ts: float, named: str | None, *,
+                   by_time: bool = False) -> Split:
     """Versions before a resolution and from its version on.
 
     ``first_seen`` maps each known version of the agent to when it was first seen. The
-    resolution's named version and every version first seen at or after it are "after";
-    without a named version, the versions first seen after the resolution are. An agent
-    with no known versions is split by time instead.
+    resolution's named version and every version first seen at or after it are "after".
+    Without a named version, or with one never seen (a label such as "v2" rather than the
+    hash Hive's runs carry), the versions first seen after the resolution are. A fix made
+    outside the agent (``by_time``), or an agent with no known versions, is split by time.
     """
     known = {v: ts for v, ts in first_seen.items() if v}
-    if not known and not named:
+    if by_time or (not known and not named):
         return Split("time")
-    if named:
-        boundary = known.get(named, math.inf)
-        after = {v for v, ts in known.items() if ts >= boundary} | {named}
+    if named and named in known:
+        after = {v for v, ts in known.items() if ts >= known[named]}
     else:
-        after = {v for v, ts in known.items() if ts > resolved_ts}
+        after = {v for v, ts in known.items() if ts > resolved_ts} | ({named} if named else set())
     ordered = sorted(known, key=lambda v: (known[v], v))
     return Split("version", [v for v in ordered if v not in after],
                  sorted(after, key=lambda v: (known.get(v, math.inf), v)))

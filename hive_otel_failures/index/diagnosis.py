@@ -22,16 +22,22 @@ _TRIM_ORDER = ("Input context", "Definition diff", "Memory / data buffer", "Tool
                "Resolutions", "Attempts and judge feedback", "Goal", "Node spec", "Traces", "Why change the agent",
                "Failure")
 _MIN_KEPT = 200  # a section cut below this is left out instead
+MIN_DIAGNOSIS_CHARS = 1000  # below this not even the summary and the advice fit
 _CUT = "\n… (cut)"
 
 
 @dataclass
-class NewestDefinition:
-    """The newest agent version seen, and the newest definition snapshot stored (from a failure)."""
+class Definitions:
+    """The definitions a diff needs: where the pattern first failed, and the newest the index holds.
 
-    newest_version: str | None
-    snapshot_version: str | None
-    snapshot: Any
+    Snapshots are stored with failures, so the newest version seen in runs may have none.
+    """
+
+    first_failing_version: str | None
+    first_failing: Any
+    newest_stored_version: str | None
+    newest_stored: Any
+    newest_version: str | None  # the version first seen last, in runs
 
 
 @dataclass
@@ -65,25 +71,28 @@ def _node_spec(snapshot: Any, node_id: str | None) -> Any:
     return None
 
 
-def _definition_diff(record: FailureRecord, newest: NewestDefinition | None) -> str:
-    failing = record.agent_version or "unknown version"
-    if newest is None or newest.snapshot is None:
-        return "No definition snapshot is stored for this agent."
-    if newest.snapshot_version == record.agent_version:
-        text = f"The failing version ({failing}) is the newest with a stored definition."
-        if newest.newest_version and newest.newest_version != newest.snapshot_version:
-            text += (f" Runs of a newer version, {newest.newest_version}, are recorded; its definition is stored "
-                     "only once it fails.")
-        return text
-    lines = difflib.unified_diff(_json(record.graph_snapshot).splitlines(), _json(newest.snapshot).splitlines(),
-                                 fromfile=failing, tofile=newest.snapshot_version or "newest", lineterm="", n=2)
-    return "\n".join(lines) or "The failing and the newest definitions are the same."
+def _definition_diff(definitions: Definitions | None) -> str:
+    if definitions is None or definitions.first_failing is None:
+        return "No definition snapshot is stored for this pattern."
+    d = definitions
+    first = d.first_failing_version or "unknown version"
+    if d.first_failing_version == d.newest_stored_version:
+        text = f"The pattern first failed in {first}, the newest definition stored."
+    else:
+        lines = difflib.unified_diff(_json(d.first_failing).splitlines(), _json(d.newest_stored).splitlines(),
+                                     fromfile=f"{first} (first failed)", tofile=d.newest_stored_version or "newest",
+                                     lineterm="", n=2)
+        text = "\n".join(lines) or f"{first} and {d.newest_stored_version} define the agent alike."
+    if d.newest_version and d.newest_version != d.newest_stored_version:
+        text += (f"\nRuns of a newer version, {d.newest_version}, are recorded; its definition is stored only once "
+                 "it fails.")
+    return text
 
 
 def _advice_text(advice: Advice | None) -> str:
     if advice is None:
-        return ("No open advice for this pattern in the last 7 days: it is transient, one-off, resolved and not "
-                "back, or not seen in the window.")
+        return ("No open advice for this pattern in the advice window: it is transient, one-off, resolved and "
+                "not back, or not seen in the window.")
     e = advice.evidence
     share = f" ({e.session_share:.0%} of the agent's {e.agent_runs} runs)" if e.session_share is not None else ""
     lines = [f"- action: **{advice.action}**; triggers: {', '.join(advice.triggers) or 'none'}",
@@ -152,7 +161,7 @@ def _traces_text(records: list[FailureRecord], trace_url: str | None) -> str:
 
 
 def _sections(pattern: Pattern, records: list[FailureRecord], advice: Advice | None, effect: FixEffect,
-              newest: NewestDefinition | None, trace_url: str | None) -> list[_Section]:
+              definitions: Definitions | None, trace_url: str | None) -> list[_Section]:
     latest = records[0] if records else None
     summary = (f"- agent: {pattern.agent_id or '-'}; node/worker: {pattern.node_id or '-'}; kind: {pattern.kind}\n"
                f"- {pattern.error_type}: {pattern.sample_message}\n"
@@ -181,27 +190,32 @@ def _sections(pattern: Pattern, records: list[FailureRecord], advice: Advice | N
             sections.append(_Section("Memory / data buffer", _json(latest.memory_snapshot), "json"))
         if latest.input_context is not None:
             sections.append(_Section("Input context", _json(latest.input_context), "json"))
-        sections.append(_Section("Definition diff", _definition_diff(latest, newest), "diff"))
+        sections.append(_Section("Definition diff", _definition_diff(definitions), "diff"))
     sections.append(_Section("Traces", _traces_text(records, trace_url)))
     return sections
 
 
 def _render(header: str, sections: list[_Section], trimmed: list[str], budget: int) -> str:
     text = header + "\n".join(s.render() for s in sections)
-    if trimmed:
-        text += f"\n_Trimmed to fit {budget} characters: {'; '.join(trimmed)}._\n"
+    if trimmed:  # the note stays short: a tenth of the budget names what it can, ``trimmed`` has the rest
+        named = trimmed[:1]
+        for item in trimmed[1:]:
+            if len(", ".join(named + [item])) > budget // 10:
+                break
+            named.append(item)
+        more = f" (and {len(trimmed) - len(named)} more)" if len(named) < len(trimmed) else ""
+        text += f"\n_Trimmed to fit {budget} characters: {', '.join(named)}{more}._\n"
     return text
 
 
 def build_diagnosis(pattern: Pattern, records: list[FailureRecord], advice: Advice | None, effect: FixEffect,
-                    newest: NewestDefinition | None, *, budget_chars: int, trace_url: str | None) -> Diagnosis:
+                    definitions: Definitions | None, *, budget_chars: int, trace_url: str | None) -> Diagnosis:
     """The bundle for ``pattern`` from its newest failures (newest first), fitted to ``budget_chars``."""
     header = f"# Failure pattern {pattern.fingerprint}\n\n"
-    sections = _sections(pattern, records, advice, effect, newest, trace_url)
+    sections = _sections(pattern, records, advice, effect, definitions, trace_url)
     trimmed: list[str] = []
     for title in _TRIM_ORDER:
-        excess = len(_render(header, sections, trimmed + [f"{title}: cut to 00000 of 00000 chars"],
-                             budget_chars)) - budget_chars
+        excess = len(_render(header, sections, trimmed + [f"{title} (left out)"], budget_chars)) - budget_chars
         if excess <= 0:
             break
         section = next((s for s in sections if s.title == title), None)
@@ -209,10 +223,10 @@ def build_diagnosis(pattern: Pattern, records: list[FailureRecord], advice: Advi
             continue
         keep = len(section.body) - excess - len(_CUT)
         if keep >= _MIN_KEPT or title == "Failure":
-            trimmed.append(f"{title}: cut to {max(keep, 0)} of {len(section.body)} chars")
+            trimmed.append(f"{title} (cut)")
             section.body = section.body[:max(keep, 0)] + _CUT
         else:
-            trimmed.append(f"{title}: left out ({len(section.body)} chars)")
+            trimmed.append(f"{title} (left out)")
             sections.remove(section)
     markdown = _render(header, sections, trimmed, budget_chars)
     if len(markdown) > budget_chars:  # a budget smaller than the headings themselves

@@ -126,6 +126,9 @@ MIGRATIONS: list[str] = [
         WHERE (grain, bucket, agent_id, agent_version) IN (
             SELECT grain, CAST(old.started_at / grain AS INTEGER), old.agent_id, coalesce(old.agent_version, '')
             FROM grains);
+        DELETE FROM run_counts WHERE runs = 0 AND (grain, bucket, agent_id, agent_version) IN (
+            SELECT grain, CAST(old.started_at / grain AS INTEGER), old.agent_id, coalesce(old.agent_version, '')
+            FROM grains);
         INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
         SELECT grain, CAST(new.started_at / grain AS INTEGER), new.agent_id, coalesce(new.agent_version, ''), 1,
                new.success = 0, new.started_at FROM grains WHERE true

@@ -20,9 +20,10 @@ from typing import Any, NamedTuple
 
 from .. import semconv
 from ..record import FailureKind, FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
-from ..scrub import Limits
-from .advice import HARD_CONSTRAINT_KINDS, HUMAN_KINDS, VersionCounts, fix_verdict, lower_p_value, split_versions, total
-from .diagnosis import NewestDefinition, build_diagnosis
+from ..scrub import Limits, safe_text
+from .advice import (FIX_MIN_RUNS, HARD_CONSTRAINT_KINDS, HUMAN_KINDS, VersionCounts, fix_verdict, lower_p_value,
+                     split_versions, total)
+from .diagnosis import MIN_DIAGNOSIS_CHARS, Definitions, build_diagnosis
 from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern, Resolution, ResolutionEffect, RunRate,
                      Stats, VersionStats)
 from .schema import LATEST_VERSION, MIGRATIONS
@@ -98,6 +99,7 @@ _UPSERT_COUNTS = """
                               first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts)
 """
 DAY, HOUR = 86400, 3600
+_RESOLUTION_CHARS = 2000  # what was done, in a few sentences: advice and tools quote it whole
 _GRAINS = (DAY, HOUR)
 _KNOWN_PAIRS_MAX = 10_000
 _PATTERN_FROM_LATEST = ("agent_id", "node_id", "error_type", "kind", "error_message", "transient")
@@ -191,12 +193,13 @@ class FailureIndex:
             # Foreign keys stay declared but unenforced (SQLite's default): the only writer puts a
             # failure's blobs in the same transaction, before it, and nothing deletes blobs.
             # Enforcing them re-checked that guarantee at ~10% of the write cost.
-            self._migrate()
+            self._migrate(allowed=create)
         except sqlite3.DatabaseError as exc:
             raise FailureIndexError(f"{self.path} is not a usable failure index: {exc}") from exc
 
     # --- lifecycle ------------------------------------------------------------------------
-    def _migrate(self) -> None:
+    def _migrate(self, *, allowed: bool) -> None:
+        """Bring the schema up to date; a reader (``allowed=False``) never does, it may take long at 1M."""
         with self._lock:
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             if version > LATEST_VERSION:
@@ -206,6 +209,12 @@ class FailureIndex:
                 )
             if version == LATEST_VERSION:
                 return
+            if not allowed:
+                if version == 0:
+                    raise FailureIndexError(f"{self.path} is not a failure index")
+                raise FailureIndexError(
+                    f"{self.path} has schema version {version} and this package reads {LATEST_VERSION}: "
+                    "run `hive-failures migrate` (or start an instrumented Hive process) to upgrade it once")
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 version = self._conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
@@ -283,7 +292,11 @@ class FailureIndex:
             stored = {failure_id for (failure_id,) in c.execute(
                 "SELECT failure_id FROM failures WHERE rowid > ?", (before,))}
             id_at = _AT["failure_id"]
-            fresh = list({row[id_at]: row for row in reversed(fresh) if row[id_at] in stored}.values())  # first won
+            first: dict[str, tuple[Any, ...]] = {}
+            for row in fresh:  # the first row of an id is the one stored; keep the batch's order
+                if row[id_at] in stored:
+                    first.setdefault(row[id_at], row)
+            fresh = list(first.values())
         return added, self._count_patterns(fresh, before)
 
     def _count_patterns(self, rows: Sequence[tuple[Any, ...]], before: int) -> set[tuple[str, str | None]]:
@@ -348,6 +361,9 @@ class FailureIndex:
         """Record what was done about a pattern (e.g. the Queen evolved the agent)."""
         if not resolution.strip():
             raise FailureIndexError("a resolution needs a description of what was done")
+        resolution = safe_text(resolution, self.limits)  # scrubbed like any stored text
+        if len(resolution) > _RESOLUTION_CHARS:
+            resolution = resolution[:_RESOLUTION_CHARS - 1] + "…"
         now = datetime.now(timezone.utc)
         with self._lock:
             fp = self._resolve_fingerprint(fingerprint)
@@ -516,7 +532,7 @@ class FailureIndex:
                 (*recent[1], *only_params, agent_id, agent_id)).fetchall()
             by_pattern: dict[str, dict[str, VersionCounts]] = {}
             for fp, version, failures, sessions, first, last in counts:
-                by_pattern.setdefault(fp, {})[version] = VersionCounts(failures, sessions, 0, 0, first, last)
+                by_pattern.setdefault(fp, {})[version] = VersionCounts(failures, sessions, first, last)
             if not by_pattern:
                 return []
             patterns = {p.fingerprint: p for p in self._patterns_by_fingerprint(list(by_pattern))}
@@ -558,7 +574,7 @@ class FailureIndex:
             resolution = last_resolutions.get(fp)
             verdict = None
             if resolution is not None:
-                effect = self._resolution_effect(p, resolution, min_runs=30, alpha=alpha)
+                effect = self._resolution_effect(p, resolution, min_runs=FIX_MIN_RUNS, alpha=alpha)
                 verdict = effect.verdict
                 if not _recurred_after(per_version, resolution, effect.after.versions, effect.basis):
                     continue  # a fix is recorded and nothing since has failed this way
@@ -584,7 +600,7 @@ class FailureIndex:
                     reverse=True)
         return advice
 
-    def fix_effect(self, fingerprint: str, *, min_runs: int = 30, alpha: float = 0.05) -> FixEffect:
+    def fix_effect(self, fingerprint: str, *, min_runs: int = FIX_MIN_RUNS, alpha: float = 0.05) -> FixEffect:
         """Did each resolution of a pattern work: its rate per run before and from the fix's version on.
 
         The verdict is ``fixed`` when the rate from the fix on is lower beyond chance (one-sided
@@ -606,14 +622,16 @@ class FailureIndex:
         and whether they worked, the definition's diff to the newest version, trace links.
         The least useful parts are cut first, and the result says what was cut.
         """
+        if budget_chars < MIN_DIAGNOSIS_CHARS:
+            raise FailureIndexError(f"budget_chars must be at least {MIN_DIAGNOSIS_CHARS}, got {budget_chars}")
         with self._lock:
             fp = self._resolve_fingerprint(fingerprint)
             (pattern,) = self._patterns_by_fingerprint([fp])
             latest = self.recent(fingerprint=fp, limit=3)
             advice = self.advise(fingerprints=[fp])
             effect = self.fix_effect(fp)
-            newest = self._newest_definition(pattern.agent_id)
-        return build_diagnosis(pattern, latest, advice[0] if advice else None, effect, newest,
+            definitions = self._definitions(fp, pattern.agent_id)
+        return build_diagnosis(pattern, latest, advice[0] if advice else None, effect, definitions,
                                budget_chars=budget_chars, trace_url=os.environ.get(semconv.ENV_TRACE_URL))
 
     # --- the counters behind the answers ---------------------------------------------------------
@@ -647,7 +665,8 @@ class FailureIndex:
         first_seen = {v: first for v, (_, first) in runs.items()}
         for v, (_, first) in hits.items():
             first_seen[v] = min(first, first_seen.get(v, first))
-        split = split_versions(first_seen, resolved_ts, resolution.agent_version)
+        split = split_versions(first_seen, resolved_ts, resolution.agent_version,
+                               by_time=not resolution.evolution_triggered)
         if split.basis == "version":
             before = (sum(runs.get(v, (0, 0))[0] for v in split.before),
                       sum(hits.get(v, (0, 0))[0] for v in split.before))
@@ -679,18 +698,20 @@ class FailureIndex:
             "SELECT failure_id, trace_id, judge_feedback FROM failures WHERE fingerprint = ? ORDER BY ts DESC LIMIT ?",
             (fingerprint, limit)).fetchall()
 
-    def _newest_definition(self, agent_id: str | None) -> NewestDefinition | None:
-        """The newest stored definition snapshot of an agent, and its version (from its newest failure)."""
-        row = self._conn.execute(
-            "SELECT f.agent_version, b.content FROM failures f JOIN blobs b ON b.sha256 = f.graph_snapshot_sha "
-            "WHERE f.agent_id IS ? ORDER BY f.ts DESC LIMIT 1", (agent_id,)).fetchone()
+    def _definitions(self, fingerprint: str, agent_id: str | None) -> Definitions | None:
+        """The definition the pattern first failed in, the newest one stored for its agent, the newest version."""
+        snapshot = ("SELECT f.agent_version, b.content FROM failures f JOIN blobs b ON b.sha256 = f.graph_snapshot_sha "
+                    "WHERE {} ORDER BY f.ts {} LIMIT 1")
+        first = self._conn.execute(snapshot.format("f.fingerprint = ?", "ASC"), (fingerprint,)).fetchone()
+        newest = self._conn.execute(snapshot.format("f.agent_id IS ?", "DESC"), (agent_id,)).fetchone()
         newest_run = self._conn.execute(
             "SELECT agent_version FROM run_counts WHERE grain = ? AND agent_id = ? AND agent_version != '' "
             "GROUP BY agent_version ORDER BY MIN(first_ts) DESC LIMIT 1", (DAY, agent_id or "")).fetchone()
-        if row is None:
+        if first is None or newest is None:
             return None
-        return NewestDefinition(newest_version=newest_run[0] if newest_run else row[0], snapshot_version=row[0],
-                                snapshot=load_json_field("graph_snapshot", row[1]))
+        return Definitions(first_failing_version=first[0], first_failing=load_json_field("graph_snapshot", first[1]),
+                           newest_stored_version=newest[0], newest_stored=load_json_field("graph_snapshot", newest[1]),
+                           newest_version=newest_run[0] if newest_run else newest[0])
 
     def resolutions(self, fingerprint: str) -> list[Resolution]:
         """What was done about a pattern, oldest first."""
@@ -721,12 +742,12 @@ _FAR = 1 << 40  # a bucket beyond any real time
 def _bucket_ranges(start: float | None, end: float | None) -> list[tuple[int, int, int]]:
     """(grain, first bucket, bucket after the last) that cover [start, end): whole days, hours at the edges.
 
-    ``start`` is taken at the top of its hour and ``end`` at the end of its hour; None is open.
+    Both ends are taken at the top of their hour, so adjacent windows share no hour; None is open.
     """
     if start is None and end is None:
         return [(DAY, -_FAR, _FAR)]
     h_lo = -_FAR * 24 if start is None else math.floor(start / HOUR)
-    h_hi = _FAR * 24 if end is None else math.ceil(end / HOUR)
+    h_hi = _FAR * 24 if end is None else math.floor(end / HOUR)
     d_lo, d_hi = -(-h_lo // 24), h_hi // 24
     if d_lo >= d_hi:
         return [(HOUR, h_lo, h_hi)]
