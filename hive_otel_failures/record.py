@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,7 +67,15 @@ def _now() -> datetime:
 
 
 class FailureRecord(BaseModel):
-    """Everything needed to diagnose one failure without re-running the agent."""
+    """Everything needed to diagnose one failure without re-running the agent.
+
+    What is attached to a span and stored is the record as ``prepare`` leaves it: a naive
+    ``timestamp`` is UTC (in the index and in the export alike) and is clamped to
+    [1970-01-01T00:00:00Z, 2262-04-11T23:47:16Z], the times an OTLP span event (signed
+    64-bit nanoseconds since the epoch) can carry; ``attempts`` is bounded to [0, 2**31 - 1];
+    lone surrogates in any text, ids included, become ``?``; the list fields are capped in
+    items and total size with a truncation marker.
+    """
 
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
@@ -111,13 +120,132 @@ class RunOutcome(BaseModel):
     failures: int = 0
 
 
+# --- normalisation: what any consumer of a record (SQLite, OTLP, JSON) can take -------------------
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# The last whole second an OTLP time (nanoseconds since the epoch, signed 64-bit) can carry.
+_LATEST = datetime(2262, 4, 11, 23, 47, 16, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+MAX_COUNT = 2**31 - 1  # attempts, failures: a count above this is a bug upstream, not a fact to store
+
+
+def utc_time(value: datetime) -> datetime:
+    """``value`` in UTC (naive means UTC), clamped to [1970-01-01T00:00:00Z, 2262-04-11T23:47:16Z]."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        value = value.replace(tzinfo=timezone.utc)
+    try:
+        value = value.astimezone(timezone.utc)
+    except OverflowError:  # year 1 at +05:00 or year 9999 at -05:00: outside datetime's own range
+        return _EPOCH if value.year < 1970 else _LATEST
+    return _EPOCH if value < _EPOCH else _LATEST if value > _LATEST else value
+
+
+def time_ns(value: datetime) -> int:
+    """Nanoseconds since the epoch of a ``utc_time``, exact (no float rounding)."""
+    return (value - _EPOCH) // _MICROSECOND * 1000
+
+
+def bounded_count(value: Any, default: int = 1) -> int:
+    """An int in [0, MAX_COUNT]; what is not an integer becomes ``default``."""
+    if type(value) is not int:
+        try:
+            value = int(value)
+        except (TypeError, ValueError, OverflowError):
+            return default
+    return 0 if value < 0 else MAX_COUNT if value > MAX_COUNT else value
+
+
+def valid_text(value: Any) -> Any:
+    """Text that every encoder takes: lone surrogates become ``?`` (as in messages). Not scrubbed, not cut."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+_ID_FIELDS = ("failure_id", "session_id", "agent_id", "node_id", "trace_id", "span_id", "agent_version",
+              "fingerprint")
+_T = TypeVar("_T")
+_MARKER_ROOM = 256  # bytes kept free for the truncation marker of a capped list
+
+
+def _cap_list(items: Sequence[Any], clean: Callable[[Any], _T], size: Callable[[_T], int], budget: int,
+              max_items: int, marker: Callable[[int, int], _T], keep_newest: bool) -> list[_T]:
+    """At most ``max_items`` items and ``budget`` bytes of ``items``, cleaned, with a marker for the rest.
+
+    The oldest items are kept (marker last), or with ``keep_newest`` the newest (marker first).
+    Items are cleaned only until the caps are reached: 20k items cost as much as the few kept.
+    """
+    if not isinstance(items, Sequence):  # a model_construct record may hold any iterable
+        items = list(items)
+    kept: list[tuple[_T, int]] = []
+    used = 0
+    for n, item in enumerate(reversed(items) if keep_newest else items):
+        if n >= max_items:
+            break
+        cleaned = clean(item)
+        item_size = size(cleaned) + 2  # and its ", " in the list's JSON
+        if used + item_size > budget:
+            break
+        kept.append((cleaned, item_size))
+        used += item_size
+    else:
+        out = [c for c, _ in kept]
+        return out[::-1] if keep_newest else out
+    while kept and (len(kept) > max_items - 1 or used > budget - _MARKER_ROOM):  # room for the marker
+        used -= kept.pop()[1]
+    out = [c for c, _ in kept]
+    if keep_newest:
+        return [marker(len(items) - len(out), len(items)), *out[::-1]]
+    return [*out, marker(len(items) - len(out), len(items))]
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps with options builds an encoder per call
+
+
+def _json_size(value: Any) -> int:
+    return len(_ENCODE(value).encode("utf-8"))
+
+
+def _cut_note(dropped: int, total: int, what: str, limits: Limits, budget: int) -> str:
+    return (f"{dropped} of {total} {what} not kept (at most {limits.max_items} items, "
+            f"{budget} bytes)")
+
+
+_NOT_NONE = tuple((name, field) for name, field in FailureRecord.model_fields.items() if field.default is not None)
+
+
+def _defaults_for_none(record: FailureRecord) -> dict[str, Any]:
+    """Defaults for fields that hold None but may not (records made with ``model_construct``)."""
+    update: dict[str, Any] = {}
+    for name, field in _NOT_NONE:
+        if getattr(record, name, None) is None:
+            update[name] = field.get_default(call_default_factory=True)
+    return update
+
+
 def prepare(record: FailureRecord, limits: Limits | None = None) -> FailureRecord:
     """A scrubbed, size-capped copy with fingerprint and transient filled in.
 
     What is attached to spans and stored is always a prepared record; preparing twice
-    changes nothing. IDs are copied verbatim.
+    changes nothing. IDs are copied verbatim but for lone surrogates, which become ``?``.
+    Also normalised so that no record can fail an encoder (SQLite, OTLP protobuf, JSON):
+
+    - ``timestamp``: naive means UTC; clamped to [1970-01-01T00:00:00Z, 2262-04-11T23:47:16Z];
+    - ``attempts``: bounded to [0, 2**31 - 1];
+    - a None where the model has a default (``model_construct``) takes the default;
+    - ``constraints_violated`` and ``criteria_unmet`` keep their first items, ``tool_calls``
+      and ``judge_feedback`` their newest (those that led to the failure): at most
+      ``limits.max_items`` items and ``limits.max_field_bytes`` of JSON per field (four times
+      that for ``tool_calls``, whose arguments alone may take a field's size); a marker item
+      (``__truncated__`` as the text, tool name or judge action) says how many were not kept.
     """
     limits = limits or Limits.from_env()
+    repaired = _defaults_for_none(record)
+    if repaired:
+        record = record.model_copy(update=repaired)
     message = safe_text(record.error_message, limits)
     error_type = safe_text(record.error_type, limits) or "unknown"
     traceback = safe_text(record.traceback, limits) if record.traceback else None
@@ -128,26 +256,32 @@ def prepare(record: FailureRecord, limits: Limits | None = None) -> FailureRecor
         "input_context": sanitize(record.input_context, limits),
         "memory_snapshot": sanitize(record.memory_snapshot, limits),
         "graph_snapshot": sanitize(record.graph_snapshot, limits),
-        "judge_feedback": [
-            j.model_copy(update={"feedback": safe_text(j.feedback, limits)}) for j in record.judge_feedback
-        ],
-        "tool_calls": [
-            t.model_copy(
-                update={
-                    "arguments": sanitize(t.arguments, limits),
-                    "result": safe_text(t.result, limits) if t.result is not None else None,
-                }
-            )
-            for t in record.tool_calls
-        ],
-        "constraints_violated": [safe_text(c, limits) for c in record.constraints_violated],
-        "criteria_unmet": [safe_text(c, limits) for c in record.criteria_unmet],
+        "judge_feedback": _cap_list(
+            record.judge_feedback, lambda j: _clean_verdict(j, limits), _verdict_size, limits.max_field_bytes,
+            limits.max_items, lambda n, of: JudgeFeedback(
+                attempt=0, action=TRUNCATED_KEY,
+                feedback=_cut_note(n, of, "earlier verdicts", limits, limits.max_field_bytes)),
+            keep_newest=True),
+        "tool_calls": _cap_list(
+            record.tool_calls, lambda t: _clean_call(t, limits), _call_size, 4 * limits.max_field_bytes,
+            limits.max_items, lambda n, of: ToolCallAttempt(
+                tool_name=TRUNCATED_KEY, result=_cut_note(n, of, "earlier tool calls", limits,
+                                                          4 * limits.max_field_bytes)),
+            keep_newest=True),
+        "constraints_violated": _cap_texts(record.constraints_violated, limits),
+        "criteria_unmet": _cap_texts(record.criteria_unmet, limits),
         "resolution": safe_text(record.resolution, limits) if record.resolution else None,
+        "timestamp": utc_time(record.timestamp),
+        "attempts": bounded_count(record.attempts),
     }
+    for name in _ID_FIELDS:
+        value = getattr(record, name)
+        if value is not None and not (type(value) is str and value.isascii()):
+            update[name] = valid_text(value)
     if record.fingerprint is None:
         update["fingerprint"] = _fingerprint(
-            agent_id=record.agent_id,
-            node_id=record.node_id,
+            agent_id=update.get("agent_id", record.agent_id),
+            node_id=update.get("node_id", record.node_id),
             error_type=error_type,
             message=message,
             traceback=traceback,
@@ -155,6 +289,39 @@ def prepare(record: FailureRecord, limits: Limits | None = None) -> FailureRecor
     if record.transient is None:
         update["transient"] = is_transient(error_type, message)
     return record.model_copy(update=update)
+
+
+def _clean_verdict(verdict: JudgeFeedback, limits: Limits) -> JudgeFeedback:
+    return verdict.model_copy(update={
+        "attempt": bounded_count(verdict.attempt, 0), "action": valid_text(verdict.action),
+        "feedback": safe_text(verdict.feedback, limits), "judge_type": valid_text(verdict.judge_type)})
+
+
+def _clean_call(call: ToolCallAttempt, limits: Limits) -> ToolCallAttempt:
+    return call.model_copy(update={
+        "tool_name": valid_text(call.tool_name), "arguments": sanitize(call.arguments, limits),
+        "result": safe_text(call.result, limits) if call.result is not None else None})
+
+
+# An item's size in the list's JSON, from its parts (a model_dump per item cost a quarter of a
+# typical record_failure); the constant covers the keys and punctuation, so it never undercounts.
+def _text_size(text: str | None) -> int:
+    return 4 if text is None else len(_ENCODE(text).encode("utf-8"))
+
+
+def _call_size(call: ToolCallAttempt) -> int:
+    return _json_size(call.arguments) + _text_size(call.tool_name) + _text_size(call.result) + 64
+
+
+def _verdict_size(verdict: JudgeFeedback) -> int:
+    return _text_size(verdict.action) + _text_size(verdict.feedback) + _text_size(verdict.judge_type) + 80
+
+
+def _cap_texts(values: Sequence[Any], limits: Limits) -> list[str]:
+    return _cap_list(values, lambda c: safe_text(c, limits), _text_size, limits.max_field_bytes, limits.max_items,
+                     lambda n, of: f"{TRUNCATED_KEY}: " + _cut_note(n, of, "more items", limits,
+                                                                    limits.max_field_bytes),
+                     keep_newest=False)
 
 
 # --- attribute mapping ----------------------------------------------------------------------
@@ -224,8 +391,8 @@ def run_attributes(outcome: RunOutcome) -> dict[str, AttributeValue]:
     """Span attributes that mark a span as covering one run, with its outcome."""
     attrs: dict[str, AttributeValue] = {
         semconv.RUN_OUTCOME: "success" if outcome.success else "failure",
-        semconv.RUN_SESSION_ID: outcome.session_id,
-        semconv.RUN_FAILURES: outcome.failures,
+        semconv.RUN_SESSION_ID: valid_text(outcome.session_id),
+        semconv.RUN_FAILURES: bounded_count(outcome.failures, 0),
     }
     for key, value in (
         (semconv.RUN_AGENT_ID, outcome.agent_id),
@@ -233,7 +400,7 @@ def run_attributes(outcome: RunOutcome) -> dict[str, AttributeValue]:
         (semconv.RUN_QUALITY, outcome.quality),
     ):
         if value is not None:
-            attrs[key] = value
+            attrs[key] = valid_text(value)  # lone surrogates would fail SQLite and the OTLP batch
     return attrs
 
 

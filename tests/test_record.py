@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +15,7 @@ from opentelemetry.trace import StatusCode
 import hive_otel_failures as hof
 from hive_otel_failures import semconv
 from hive_otel_failures.record import from_attributes, prepare, to_attributes
+from hive_otel_failures.scrub import TRUNCATED_KEY, Limits
 
 text = st.text(max_size=40)
 opt_text = st.none() | text
@@ -117,3 +119,31 @@ def test_prepare_is_idempotent() -> None:
     record = hof.FailureRecord(error_message="token=abcdef123456 at /tmp/x", input_context={"api_key": "k" * 20})
     once = prepare(record)
     assert prepare(once) == once
+
+
+tiny = Limits(max_field_bytes=600, max_string_chars=200, max_items=4)
+long_text = st.text(max_size=300)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(constraints=st.lists(long_text, max_size=12), criteria=st.lists(long_text, max_size=12),
+       calls=st.lists(st.builds(hof.ToolCallAttempt, tool_name=text, arguments=json_values,
+                                result=st.none() | long_text), max_size=12),
+       verdicts=st.lists(st.builds(hof.JudgeFeedback, attempt=st.integers(-2**70, 2**70), action=text,
+                                   feedback=long_text), max_size=12))
+def test_capped_lists_stay_within_caps_keep_a_marker_and_capping_is_idempotent(constraints, criteria, calls,
+                                                                                verdicts) -> None:
+    record = hof.FailureRecord(constraints_violated=constraints, criteria_unmet=criteria, tool_calls=calls,
+                               judge_feedback=verdicts)
+    once = prepare(record, tiny)
+    assert prepare(once, tiny) == once
+    for given_items, kept, budget in ((constraints, once.constraints_violated, tiny.max_field_bytes),
+                                      (criteria, once.criteria_unmet, tiny.max_field_bytes),
+                                      (calls, once.tool_calls, 4 * tiny.max_field_bytes),
+                                      (verdicts, once.judge_feedback, tiny.max_field_bytes)):
+        assert len(kept) <= tiny.max_items
+        dumped = [k if isinstance(k, str) else k.model_dump(mode="json") for k in kept]
+        assert len(json.dumps(dumped, ensure_ascii=False).encode()) <= budget
+        if len(kept) != len(given_items):
+            markers = [k for k in dumped if TRUNCATED_KEY in json.dumps(k)]
+            assert markers, f"{len(given_items)} items became {len(kept)} without a marker"
