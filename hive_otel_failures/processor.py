@@ -27,9 +27,10 @@ from opentelemetry.trace import format_span_id, format_trace_id
 from . import semconv
 from .index import FailureIndex, open_index
 from .record import RunOutcome, from_attributes, prepare, run_from_attributes, to_attributes
-from .spans import may_carry_records
+from .spans import UNRECORDED_EVENT, may_carry_records
 
 _log = logging.getLogger(__name__)
+_FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
 
 
 class _Item(NamedTuple):
@@ -47,6 +48,21 @@ class ProcessorStats:
     runs_written: int
     dropped: int
     errors: int
+
+
+def _cause(exc: BaseException) -> str:
+    """``exc`` with the error it interrupted, if any: a failed ROLLBACK must not hide why it ran.
+
+    (SQLite rolls a transaction back by itself on a full disk; the index's ROLLBACK then fails
+    with "no transaction is active", raised while handling the real error.)
+    """
+    text = repr(exc)
+    context = exc.__context__
+    if context is not None and not exc.__suppress_context__ and exc.__cause__ is None:
+        text += f", raised while handling {context!r}"
+    elif exc.__cause__ is not None:
+        text += f", caused by {exc.__cause__!r}"
+    return text
 
 
 def _dt(ns: int) -> datetime:
@@ -70,6 +86,7 @@ class FailureIndexProcessor(SpanProcessor):
         self._cond = threading.Condition()  # writer -> force_flush: "a batch is done"
         self._in_flight = 0  # records taken off the queue, not yet written
         self._wake = threading.Event()
+        self._opened = threading.Event()  # the writer tried to open the index (force_flush waits for it)
         self._stopping = threading.Event()
         self._written = self._runs_written = self._dropped = self._errors = 0
         self._warned: set[str] = set()
@@ -86,8 +103,22 @@ class FailureIndexProcessor(SpanProcessor):
         events = span.events
         if not events:
             return
-        failures = [e for e in events if e.name == semconv.FAILURE_EVENT]
-        run = next((e for e in events if e.name == semconv.RUN_EVENT), None)
+        failures: list[Event] = []
+        run: Event | None = None
+        unrecorded = 0
+        for event in events:
+            name = event.name
+            if name == _FAILURE_EVENT:
+                failures.append(event)
+            elif name == _RUN_EVENT:
+                run = run or event
+            elif name == UNRECORDED_EVENT:
+                unrecorded += 1
+        if unrecorded:  # record_failure was given something it could not record: it will never be a row
+            with self._cond:
+                self._errors += unrecorded
+            self._warn_once("unrecorded", "hive-failures: record_failure could not record a failure (see its "
+                                          "warning); counted in stats().errors")
         if not failures and run is None:
             return
         if self._stopping.is_set():
@@ -114,6 +145,7 @@ class FailureIndexProcessor(SpanProcessor):
     def _run(self) -> None:
         with suppress_instrumentation():
             self._open()  # early, so readers find the index even before the first failure
+            self._opened.set()
             while True:
                 # Wake per batch or per delay, not per record: fewer GIL hand-offs with the app.
                 self._wake.wait(self._delay)
@@ -144,13 +176,16 @@ class FailureIndexProcessor(SpanProcessor):
         failures: list[Mapping[str, Any]] = []
         runs: list[RunOutcome] = []
         for span, events, run in batch:
-            try:
-                for event in events:
+            for event in events:  # one malformed event must lose neither the batch nor its span's other events
+                try:
                     failures.append(self._wire(event, span))
-                if run is not None:
+                except Exception as exc:  # noqa: BLE001
+                    self._error("malformed failure event", exc)
+            if run is not None:
+                try:
                     runs.append(run_from_attributes(run.attributes, _dt(span.start_time or 0), _dt(span.end_time or 0)))
-            except Exception as exc:  # noqa: BLE001 - one malformed span must not lose the batch
-                self._error("malformed failure span", exc)
+                except Exception as exc:  # noqa: BLE001
+                    self._error("malformed run event", exc)
         index = self._open()
         if index is None:
             with self._cond:
@@ -160,7 +195,9 @@ class FailureIndexProcessor(SpanProcessor):
             index.add_prepared(failures, runs)
             written, runs_written = len(failures), len(runs)
         except Exception as exc:  # noqa: BLE001 - find the bad entry, keep the others
-            self._warn_once("batch", "hive-failures: batch write failed, retrying one by one: %r", exc)
+            self._warn_once("batch", "hive-failures: batch write failed, retrying one by one: %s", _cause(exc))
+            written = -1
+        if written < 0:  # outside the handler, so that a retry's error is logged as itself
             written = sum(self._try_add(index, [f], []) for f in failures)
             runs_written = sum(self._try_add(index, [], [r]) for r in runs)
         with self._cond:
@@ -198,7 +235,7 @@ class FailureIndexProcessor(SpanProcessor):
     def _error(self, what: str, exc: Exception) -> None:
         with self._cond:
             self._errors += 1
-        self._warn_once(what, "hive-failures: %s: %r", what, exc)
+        self._warn_once(what, "hive-failures: %s: %s", what, _cause(exc))
 
     # --- lifecycle -------------------------------------------------------------------------
     def stats(self) -> ProcessorStats:
@@ -210,6 +247,10 @@ class FailureIndexProcessor(SpanProcessor):
         """Wait until every accepted record is written (or failed); False on timeout."""
         deadline = time.monotonic() + timeout_millis / 1000
         self._wake.set()
+        # A flush also means "the index exists": a reader opening it afterwards finds its schema.
+        while not self._opened.wait(min(self._delay, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or not self._writer.is_alive():
+                return False
         with self._cond:
             while self._queue or self._in_flight:
                 remaining = deadline - time.monotonic()

@@ -9,25 +9,37 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
 
 from . import semconv
-from .record import FailureRecord, RunOutcome, prepare, run_attributes, to_attributes
+from .record import FailureRecord, RunOutcome, prepare, run_attributes, time_ns, to_attributes
 
 _log = logging.getLogger(__name__)
 _UNSET = StatusCode.UNSET  # read on every span's end; an enum member lookup runs Python code on 3.11
 _warned = False
+
+# A failure record_failure was given but could not turn into a hive.failure event (not a
+# FailureRecord, or a model_construct record it could not prepare). The index processor counts
+# it in stats().errors. It carries only the exception class as error.type: no content.
+# TODO(semconv): belongs in semconv.py beside FAILURE_EVENT.
+UNRECORDED_EVENT = "hive.failure.unrecorded"
 
 
 def record_failure(record: FailureRecord, span: Span | None = None) -> FailureRecord:
     """Put ``record`` on ``span`` (default: the current span) as a ``hive.failure`` event.
 
     Also sets status ERROR and ``error.type``. The record is prepared first (scrubbed,
-    capped, fingerprinted) and trace/span ids are filled from the span. Returns the prepared
-    record. Never raises: a problem here is logged once and the caller carries on.
+    capped, fingerprinted; a naive timestamp is UTC and every timestamp is clamped to
+    [1970-01-01T00:00:00Z, 2262-04-11T23:47:16Z], see ``prepare``) and trace/span ids are
+    filled from the span. Returns the prepared record. Never raises: a problem here is
+    logged once, and marked on the span (status ERROR, a ``hive.failure.unrecorded`` event)
+    so that the index processor counts it in ``stats().errors``; the caller carries on.
     """
     global _warned
+    added = False
     try:
         span = span if span is not None else trace.get_current_span()
         if not span.is_recording():  # nobody will see it: do no work (OTel convention)
             return record
+        if not isinstance(record, FailureRecord):
+            raise TypeError(f"record_failure takes a FailureRecord, not {type(record).__qualname__}")
         ctx = span.get_span_context()
         update = {}
         if ctx.is_valid:
@@ -38,15 +50,28 @@ def record_failure(record: FailureRecord, span: Span | None = None) -> FailureRe
         prepared = prepare(record.model_copy(update=update) if update else record)
         attributes = to_attributes(prepared)
         attributes[semconv.FAILURE_PREPARED] = True
-        span.add_event(semconv.FAILURE_EVENT, attributes, timestamp=int(prepared.timestamp.timestamp() * 1e9))
+        span.add_event(semconv.FAILURE_EVENT, attributes, timestamp=time_ns(prepared.timestamp))
+        added = True
         span.set_attribute(semconv.ERROR_TYPE, prepared.error_type)
         span.set_status(Status(StatusCode.ERROR, prepared.error_message[:512]))
         return prepared
-    except Exception:  # noqa: BLE001 - recording a failure must never cause one
+    except Exception as exc:  # noqa: BLE001 - recording a failure must never cause one
         if not _warned:
             _warned = True
             _log.warning("hive-failures: could not record a failure on the span", exc_info=True)
+        if not added:
+            _mark_unrecorded(span, exc)
         return record
+
+
+def _mark_unrecorded(span: object, exc: Exception) -> None:
+    """Leave on ``span`` what the index processor needs to count a failure it will not get."""
+    try:
+        error_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        span.add_event(UNRECORDED_EVENT, {semconv.ERROR_TYPE: error_type})  # type: ignore[attr-defined]
+        span.set_status(Status(StatusCode.ERROR, "hive-failures: the failure could not be recorded"))  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not an SDK span (or a broken one): no processor will see it
+        _log.debug("hive-failures: could not mark an unrecorded failure", exc_info=True)
 
 
 def record_run(outcome: RunOutcome, span: Span | None = None) -> None:

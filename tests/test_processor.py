@@ -172,3 +172,27 @@ def test_a_malformed_failure_event_is_counted_and_the_rest_of_the_batch_kept(pip
     pipeline.flush()
     stats = pipeline.processor.stats()
     assert stats.errors == 1 and stats.written == 1
+
+
+def test_a_flush_means_the_index_exists_even_before_any_failure(db_path: Path) -> None:
+    p = Pipeline(db_path)
+    p.flush()  # at once: the writer may not have opened the index yet
+    with sqlite3.connect(db_path) as conn:  # a reader right after finds the schema, not an empty file
+        assert conn.execute("PRAGMA user_version").fetchone()[0] > 0
+    p.provider.shutdown()
+
+
+def test_one_malformed_event_loses_neither_its_span_nor_the_batch(pipeline: Pipeline,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    with pipeline.tracer.start_as_current_span("three events") as span:
+        span.add_event("hive.failure", {"hive.failure.error_message": "before"})
+        span.add_event("hive.failure", {"hive.failure.attempts": "not a number"})
+        span.add_event("hive.failure", {"hive.failure.error_message": "after"})
+        span.set_status(StatusCode.ERROR)
+    with caplog.at_level(logging.WARNING, logger="hive_otel_failures.processor"):
+        pipeline.flush()
+    stats = pipeline.processor.stats()
+    assert (stats.written, stats.errors) == (2, 1)
+    with pipeline.index() as index:
+        assert sorted(r.error_message for r in index.recent()) == ["after", "before"]
+    assert sum("malformed failure event" in r.getMessage() for r in caplog.records) == 1
