@@ -27,7 +27,7 @@ from opentelemetry.trace import format_span_id, format_trace_id
 from . import semconv
 from .index import FailureIndex, open_index
 from .record import RunOutcome, from_attributes, prepare, run_from_attributes, to_attributes
-from .spans import UNRECORDED_EVENT, may_carry_records
+from .spans import may_carry_records
 
 _log = logging.getLogger(__name__)
 _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
@@ -112,7 +112,7 @@ class FailureIndexProcessor(SpanProcessor):
                 failures.append(event)
             elif name == _RUN_EVENT:
                 run = run or event
-            elif name == UNRECORDED_EVENT:
+            elif name == semconv.UNRECORDED_EVENT:
                 unrecorded += 1
         if unrecorded:  # record_failure was given something it could not record: it will never be a row
             with self._cond:

@@ -66,6 +66,10 @@ EVENT_REASON = "hive.reason"
 # --- The failure event --------------------------------------------------------------------
 FAILURE_EVENT = "hive.failure"
 FAILURE_PREFIX = "hive.failure."
+# A failure record_failure was given but could not turn into a hive.failure event (not a
+# FailureRecord, or one it could not prepare). The index processor counts it in stats().errors.
+# It carries only the exception class as error.type: no content.
+UNRECORDED_EVENT = "hive.failure.unrecorded"
 # Set by record_failure on events whose record was already scrubbed and fingerprinted, so the
 # index writer can store the attributes as they are instead of preparing them a second time.
 FAILURE_PREPARED = "hive.failure.prepared"

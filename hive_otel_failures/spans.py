@@ -15,11 +15,6 @@ _log = logging.getLogger(__name__)
 _UNSET = StatusCode.UNSET  # read on every span's end; an enum member lookup runs Python code on 3.11
 _warned = False
 
-# A failure record_failure was given but could not turn into a hive.failure event (not a
-# FailureRecord, or a model_construct record it could not prepare). The index processor counts
-# it in stats().errors. It carries only the exception class as error.type: no content.
-# TODO(semconv): belongs in semconv.py beside FAILURE_EVENT.
-UNRECORDED_EVENT = "hive.failure.unrecorded"
 
 
 def record_failure(record: FailureRecord, span: Span | None = None) -> FailureRecord:
@@ -68,7 +63,7 @@ def _mark_unrecorded(span: object, exc: Exception) -> None:
     """Leave on ``span`` what the index processor needs to count a failure it will not get."""
     try:
         error_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        span.add_event(UNRECORDED_EVENT, {semconv.ERROR_TYPE: error_type})  # type: ignore[attr-defined]
+        span.add_event(semconv.UNRECORDED_EVENT, {semconv.ERROR_TYPE: error_type})  # type: ignore[attr-defined]
         span.set_status(Status(StatusCode.ERROR, "hive-failures: the failure could not be recorded"))  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - not an SDK span (or a broken one): no processor will see it
         _log.debug("hive-failures: could not mark an unrecorded failure", exc_info=True)

@@ -347,8 +347,6 @@ INDEX_FULL = textwrap.dedent("""
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
-@pytest.mark.xfail(strict=True, reason="index/store.py add_prepared: ROLLBACK after SQLite already rolled back "
-                                       "replaces the real error (patch in issue 13's report)")
 def test_a_full_disk_raises_the_real_error_from_the_index(tmp_path: Path) -> None:
     proc = _disk_full(INDEX_FULL, tmp_path)
     assert proc.returncode == 0, proc.stderr

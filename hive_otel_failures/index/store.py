@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from .. import semconv
 from ..record import FailureKind, FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
-from ..scrub import Limits, safe_text
+from ..scrub import TRUNCATED_KEY, Limits, safe_text
 from .advice import (FIX_MIN_RUNS, HARD_CONSTRAINT_KINDS, HUMAN_KINDS, VersionCounts, fix_verdict, lower_p_value,
                      split_versions, total)
 from .diagnosis import MIN_DIAGNOSIS_CHARS, Definitions, build_diagnosis
@@ -224,8 +224,16 @@ class FailureIndex:
                     self._conn.execute(f"PRAGMA user_version = {number}")
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction unless SQLite already did (it may on FULL, IOERR, NOMEM, BUSY).
+
+        A ROLLBACK that fails with "no transaction is active" would hide the real error.
+        """
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
     @property
     def schema_version(self) -> int:
@@ -269,7 +277,7 @@ class FailureIndex:
                 self._upsert_runs(outcomes)
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             if len(self._known_pairs) + len(pairs) > _KNOWN_PAIRS_MAX:
                 self._known_pairs.clear()
@@ -377,7 +385,7 @@ class FailureIndex:
                     (resolution, int(evolution_triggered), fp, _ts(now)))
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         return Resolution(fingerprint=fp, resolved_at=now, resolution=resolution,
                           evolution_triggered=evolution_triggered, agent_version=agent_version)
@@ -814,7 +822,7 @@ def _feedback_excerpts(texts: Iterable[str], limit: int = 3, width: int = 200) -
     for text in texts:
         for verdict in reversed(load_json_field("judge_feedback", text) or []):
             feedback = str(verdict.get("feedback") or "").strip() if isinstance(verdict, dict) else ""
-            if feedback and verdict.get("action") != "ACCEPT" and feedback[:width] not in excerpts:
+            if feedback and verdict.get("action") not in ("ACCEPT", TRUNCATED_KEY) and feedback[:width] not in excerpts:
                 excerpts.append(feedback[:width])
             if len(excerpts) >= limit:
                 return excerpts
