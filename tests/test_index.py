@@ -216,3 +216,42 @@ def test_resolve_history_and_advice(db_path: Path) -> None:
         assert [r.agent_version for r in index.resolutions(fp)] == ["v2"]
         with pytest.raises(hof.FailureIndexError):
             index.resolve("v9:nothing", "x")
+
+
+def test_a_reader_changes_nothing_in_a_foreign_file(tmp_path: Path) -> None:
+    foreign = tmp_path / "app.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    before = foreign.read_bytes()
+    with pytest.raises(hof.FailureIndexError, match="not a failure index"):
+        hof.open_index(foreign, create=False)
+    assert foreign.read_bytes() == before  # still in its own journal mode, no tables added
+    assert sqlite3.connect(foreign).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_a_corrupt_page_is_a_clear_error_from_every_query(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.db"
+    with hof.open_index(path) as index:
+        index.add([failure(i, input_context={"rows": ["x" * 200] * 50}) for i in range(200)],
+                  [hof.RunOutcome(session_id=f"s{i}", agent_id="report-agent", success=False) for i in range(200)])
+        fp = index.patterns()[0].fingerprint
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 40_000] = b"\xff" * 40_000  # mangled pages, the header intact
+    path.write_bytes(bytes(data))
+    try:
+        index = hof.open_index(path, create=False)
+    except hof.FailureIndexError:
+        return  # the damage reached the schema: refused at open, as clearly
+    with index:
+        calls = [index.recent, index.patterns, index.stats, index.advise, lambda: index.diagnose(fp),
+                 lambda: index.recent(limit=1000), lambda: index.patterns(since="7d")]
+        errors = 0
+        for call in calls:
+            try:
+                call()
+            except hof.FailureIndexError as exc:
+                assert "cannot be read as a failure index" in str(exc)
+                errors += 1
+        assert errors  # some query met the mangled pages, and said so as a FailureIndexError

@@ -7,16 +7,17 @@ process can share an index; other processes read concurrently thanks to WAL.
 from __future__ import annotations
 
 import hashlib
+import functools
 import json
 import math
 import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .. import semconv
 from ..record import FailureKind, FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
@@ -31,6 +32,33 @@ from .schema import LATEST_VERSION, MIGRATIONS
 
 class FailureIndexError(Exception):
     """The index cannot be opened or used (missing, corrupt, newer schema, bad argument)."""
+
+
+_T = TypeVar("_T")
+
+
+def _open_sqlite(target: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection that has read the file once (SQLite opens lazily), or the error that stopped it."""
+    conn = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None, check_same_thread=False,
+                           uri=target.startswith("file:"))
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+def _reading(method: Callable[..., _T]) -> Callable[..., _T]:
+    """A query's SQLite errors (a corrupt page, an I/O error) come out as FailureIndexError, with the file named."""
+    @functools.wraps(method)
+    def query(self: "FailureIndex", *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise FailureIndexError(f"{self.path} cannot be read as a failure index: {exc}") from exc
+    return query
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -184,18 +212,34 @@ class FailureIndex:
                 raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        # A reader (create=False) changes nothing in the file: no journal mode, no migration, no
+        # checkpoint on close. Only resolve() writes through it.
+        self._reader = not create
         try:
-            self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
-                                         check_same_thread=False)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn = self._connect(busy_timeout)
+            if create:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
             # Foreign keys stay declared but unenforced (SQLite's default): the only writer puts a
             # failure's blobs in the same transaction, before it, and nothing deletes blobs.
             # Enforcing them re-checked that guarantee at ~10% of the write cost.
             self._migrate(allowed=create)
         except sqlite3.DatabaseError as exc:
             raise FailureIndexError(f"{self.path} is not a usable failure index: {exc}") from exc
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        """Read-write; a reader that may not write here (a read-only directory) reads the file as it is."""
+        targets = [str(self.path)]
+        if self._reader:
+            uri = self.path.resolve().as_uri()
+            targets += [f"{uri}?mode=ro", f"{uri}?immutable=1"]
+        *fallbacks, last = targets
+        for target in fallbacks:
+            try:
+                return _open_sqlite(target, busy_timeout)
+            except sqlite3.OperationalError:
+                continue
+        return _open_sqlite(last, busy_timeout)
 
     # --- lifecycle ------------------------------------------------------------------------
     def _migrate(self, *, allowed: bool) -> None:
@@ -241,11 +285,13 @@ class FailureIndex:
             return self._conn.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
+        """Close; the writer checkpoints without waiting for readers (PASSIVE), readers never do."""
         with self._lock:
-            try:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
+            if not self._reader:
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass
             self._conn.close()
 
     def __enter__(self) -> "FailureIndex":
@@ -364,6 +410,7 @@ class FailureIndex:
               o.quality, o.failures) for o in outcomes],
         )
 
+    @_reading
     def resolve(self, fingerprint: str, resolution: str, evolution_triggered: bool = True,
                 agent_version: str | None = None) -> Resolution:
         """Record what was done about a pattern (e.g. the Queen evolved the agent)."""
@@ -402,6 +449,7 @@ class FailureIndex:
         return rows[0][0]
 
     # --- reading --------------------------------------------------------------------------
+    @_reading
     def recent(self, agent_id: str | None = None, node_id: str | None = None, error_type: str | None = None,
                session_id: str | None = None, since: datetime | timedelta | str | None = None,
                limit: int = 20, fingerprint: str | None = None) -> list[FailureRecord]:
@@ -413,6 +461,7 @@ class FailureIndex:
                                       (*params, max(0, int(limit)))).fetchall()
         return [_record_from_row(row) for row in rows]
 
+    @_reading
     def get(self, failure_id: str) -> FailureRecord | None:
         """One failure by id, or by a unique id prefix of at least 6 characters."""
         with self._lock:
@@ -424,6 +473,7 @@ class FailureIndex:
             raise FailureIndexError(f"failure id prefix {failure_id!r} is ambiguous")
         return _record_from_row(rows[0]) if rows else None
 
+    @_reading
     def patterns(self, agent_id: str | None = None, since: datetime | timedelta | str | None = None,
                  limit: int = 50) -> list[Pattern]:
         """Failures grouped by fingerprint, most frequent first, with their latest resolution.
@@ -460,6 +510,7 @@ class FailureIndex:
             for r in rows
         ]
 
+    @_reading
     def stats(self, agent_id: str | None = None, since: datetime | timedelta | str | None = None) -> Stats:
         """Runs, failed runs, failure rate, and where failures happen: by node, kind and agent version.
 
@@ -511,6 +562,7 @@ class FailureIndex:
                                                                            key=lambda item: (item[0][0], item[1][3]))],
         )
 
+    @_reading
     def advise(self, agent_id: str | None = None, window: timedelta | str = "7d", *, min_sessions: int = 3,
                blocking_share: float = 0.2, alpha: float = 0.05, min_runs: int = 20,
                fingerprints: Sequence[str] | None = None) -> list[Advice]:
@@ -608,6 +660,7 @@ class FailureIndex:
                     reverse=True)
         return advice
 
+    @_reading
     def fix_effect(self, fingerprint: str, *, min_runs: int = FIX_MIN_RUNS, alpha: float = 0.05) -> FixEffect:
         """Did each resolution of a pattern work: its rate per run before and from the fix's version on.
 
@@ -622,6 +675,7 @@ class FailureIndex:
             effects = [self._resolution_effect(pattern, r, min_runs=min_runs, alpha=alpha) for r in resolutions]
         return FixEffect(fingerprint=fp, agent_id=pattern.agent_id, effects=effects)
 
+    @_reading
     def diagnose(self, fingerprint: str, budget_chars: int = 12_000) -> Diagnosis:
         """What a coding agent needs to change the agent for a pattern, within ``budget_chars``.
 
@@ -721,6 +775,7 @@ class FailureIndex:
                            newest_stored_version=newest[0], newest_stored=load_json_field("graph_snapshot", newest[1]),
                            newest_version=newest_run[0] if newest_run else newest[0])
 
+    @_reading
     def resolutions(self, fingerprint: str) -> list[Resolution]:
         """What was done about a pattern, oldest first."""
         with self._lock:
