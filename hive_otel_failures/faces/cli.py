@@ -1,50 +1,213 @@
-"""``hive-failures``: the failure index for people (tables) and agents (``--json``)."""
+"""``hive-failures``: the failure index for people (tables) and agents (``--json``).
+
+Exit codes, one convention for every command: 0 done; 1 not found (no failure or pattern has
+that id or fingerprint); 2 the input cannot be used (a missing, corrupt or foreign index, an
+ambiguous or too short prefix, a bad option). With ``--json`` an error is a JSON object on
+stdout, ``{"error": ..., "code": N}``, with the same exit code.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any, Optional
+from importlib.metadata import PackageNotFoundError, version as distribution_version
+from typing import Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
 from pydantic import BaseModel
+from rich.cells import cell_len
 from rich.console import Console
+from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from ..index import FailureIndex, FailureIndexError, index_path, open_index
+from ..fingerprint import FINGERPRINT_VERSION
+from ..index import FailureIndex, FailureIndexError, Pattern, index_path, open_index
+from ..record import FailureRecord
 
-app = typer.Typer(help="Query the local index of Hive agent failures.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import ClickException
+
+EXIT_NOT_FOUND = 1
+EXIT_BAD_INPUT = 2
+MIN_ID_PREFIX = 6  # the index looks failure ids up by prefix from this length on
+_FAILURE_SCAN = 1000  # newest failures searched for the candidates of a failure id prefix
+_PATTERN_SCAN = 10_000  # patterns searched for the candidates of a fingerprint prefix
+_CANDIDATES_SHOWN = 20
+
+EPILOG = ("Exit codes: 0 done; 1 not found (no failure or pattern has that id or fingerprint); "
+          "2 the input cannot be used (a missing, corrupt or foreign index, an ambiguous or too short prefix, "
+          'a bad option). With --json, errors are JSON on stdout too: {"error": "...", "code": N}.')
+
+
+class _JsonErrorsGroup(TyperGroup):
+    """Usage errors of a command run with ``--json`` (a bad option value, say) come out as JSON as well."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        wants_json = "--json" in ctx.args
+        try:
+            return super().invoke(ctx)
+        except ClickException as exc:
+            if not wants_json:
+                raise
+            _echo_json_error(exc.format_message(), exc.exit_code)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(cls=_JsonErrorsGroup, help="Query the local index of Hive agent failures.", epilog=EPILOG,
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 # Piped output gets a 140-column page rather than rich's 80, so tables stay readable in logs.
-out = Console(width=shutil.get_terminal_size(fallback=(140, 24)).columns)
-err = Console(stderr=True)
+# Nothing printed is markup: messages, paths and ids keep their [brackets] and :colons:.
+out = Console(width=shutil.get_terminal_size(fallback=(140, 24)).columns, markup=False, emoji=False)
+err = Console(stderr=True, markup=False, emoji=False)
 
 Db = Annotated[Optional[str], typer.Option(
-    "--db", help="Index path or sqlite:/// URL [default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")]
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+    "--db", help=escape("Index path or sqlite:/// URL [default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]"))]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (errors too).")]
 Agent = Annotated[Optional[str], typer.Option("--agent", help="Only this agent id.")]
 Since = Annotated[Optional[str], typer.Option("--since", help="Window: 30m, 24h, 7d or an ISO 8601 time.")]
 
+T = TypeVar("T")
+
+
+def _package_version() -> str:
+    try:
+        return distribution_version("hive-otel-failures")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"hive-failures {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                help="Print the package version and exit.")] = False) -> None:
+    """Query the local index of Hive agent failures."""
+
+
+# --- errors -----------------------------------------------------------------------------------
+def _echo_json_error(message: str, code: int, candidates: Sequence[str] | None = None) -> None:
+    payload: dict[str, Any] = {"error": message, "code": code}
+    if candidates is not None:
+        payload["candidates"] = list(candidates)
+    typer.echo(json.dumps(payload, ensure_ascii=False))
+
+
+def _fail(message: str, code: int, as_json: bool, *, candidates: Sequence[str] | None = None,
+          details: Sequence[str] = ()) -> NoReturn:
+    """One error, as ``error: ...`` on stderr for people or as JSON on stdout for agents, and its exit code."""
+    if as_json:
+        _echo_json_error(message, code, candidates)
+    else:
+        err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+        for line in details:
+            err.print(Text(f"  {line}"), soft_wrap=True)
+    raise typer.Exit(code)
+
 
 @contextmanager
-def _index(db: str | None, *, create: bool = False) -> Iterator[FailureIndex]:
+def _index(db: str | None, as_json: bool = False, *, create: bool = False) -> Iterator[FailureIndex]:
     try:
         index = open_index(db, create=create)
     except FailureIndexError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _fail(str(exc), EXIT_BAD_INPUT, as_json)
     try:
         yield index
     except FailureIndexError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _fail(str(exc), EXIT_BAD_INPUT, as_json)
     finally:
         index.close()
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 pattern``, ``2 patterns``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# --- ids and fingerprints: prefixes, candidates, not found ---------------------------------------
+def _failures_starting(index: FailureIndex, prefix: str) -> tuple[list[FailureRecord], bool]:
+    """Failures whose id starts with ``prefix`` among the newest ``_FAILURE_SCAN``, and whether all were searched."""
+    newest = index.recent(limit=_FAILURE_SCAN)
+    return [r for r in newest if r.failure_id.startswith(prefix)], len(newest) < _FAILURE_SCAN
+
+
+def _failure_line(r: FailureRecord) -> str:
+    return f"{r.failure_id}  {_when(r.timestamp)}  {r.agent_id or '-'}/{r.node_id or '-'}  {r.error_type}"
+
+
+def _find_failure(index: FailureIndex, failure_id: str, as_json: bool) -> FailureRecord:
+    try:
+        record = index.get(failure_id)
+    except FailureIndexError as exc:  # an ambiguous prefix, or an index that cannot be read
+        matches, _ = _failures_starting(index, failure_id)
+        if len(matches) < 2:
+            raise exc
+        _ambiguous(f"failure id prefix {failure_id!r}", "failure", [r.failure_id for r in matches],
+                   [_failure_line(r) for r in matches], as_json)
+    if record is not None:
+        return record
+    if len(failure_id) >= MIN_ID_PREFIX:
+        _fail(f"no failure with id {failure_id!r}", EXIT_NOT_FOUND, as_json)
+    matches, complete = _failures_starting(index, failure_id)
+    message = f"failure id prefix {failure_id!r} is too short: give at least {MIN_ID_PREFIX} characters"
+    if len(matches) == 1:
+        message += f", e.g. {matches[0].failure_id[:12]}"
+    elif matches:
+        where = "" if complete else f" of the newest {_FAILURE_SCAN}"
+        message += f"; {_n(len(matches), 'failure')}{where} start with it{_first_shown(len(matches))}"
+    _fail(message, EXIT_BAD_INPUT, as_json, candidates=[r.failure_id for r in matches][:_CANDIDATES_SHOWN],
+          details=[_failure_line(r) for r in matches][:_CANDIDATES_SHOWN])
+
+
+def _patterns_starting(index: FailureIndex, fingerprint: str) -> list[Pattern]:
+    """Patterns whose fingerprint starts with ``fingerprint``, or with ``v1:fingerprint`` when it names no version."""
+    starts = (fingerprint,) if ":" in fingerprint else (fingerprint, f"v{FINGERPRINT_VERSION}:{fingerprint}")
+    return [p for p in index.patterns(limit=_PATTERN_SCAN) if p.fingerprint.startswith(starts)]
+
+
+def _with_pattern(index: FailureIndex, fingerprint: str, as_json: bool, call: Callable[[str], T]) -> T:
+    """``call`` with the pattern a fingerprint, a unique prefix or either without ``v1:`` names.
+
+    The index answers exact fingerprints and unique prefixes; only when it finds no single pattern
+    does the CLI look further: without the version, or to say why (none: 1, several: 2).
+    """
+    try:
+        return call(fingerprint)
+    except FailureIndexError as exc:
+        error = exc
+    matches = _patterns_starting(index, fingerprint)
+    if not matches:
+        _fail(f"no pattern with fingerprint {fingerprint!r}", EXIT_NOT_FOUND, as_json)
+    if len(matches) > 1:
+        _ambiguous(f"fingerprint prefix {fingerprint!r}", "pattern", [p.fingerprint for p in matches],
+                   [f"{p.fingerprint}  {_n(p.count, 'failure')}  {p.agent_id or '-'}/{p.node_id or '-'}  "
+                    f"{p.error_type}" for p in matches], as_json)
+    if matches[0].fingerprint == fingerprint:  # the pattern is there: the error was about something else
+        raise error
+    return call(matches[0].fingerprint)
+
+
+def _first_shown(count: int) -> str:
+    return f" (the first {_CANDIDATES_SHOWN} listed)" if count > _CANDIDATES_SHOWN else ""
+
+
+def _ambiguous(what: str, noun: str, ids: Sequence[str], lines: Sequence[str], as_json: bool) -> NoReturn:
+    _fail(f"{what} is ambiguous: {_n(len(ids), noun)} match{_first_shown(len(ids))}; give more characters",
+          EXIT_BAD_INPUT, as_json, candidates=ids[:_CANDIDATES_SHOWN], details=lines[:_CANDIDATES_SHOWN])
+
+
+# --- output -------------------------------------------------------------------------------------
 def _emit_json(value: Any) -> None:
     if isinstance(value, BaseModel):
         data = value.model_dump(mode="json")
@@ -55,15 +218,44 @@ def _emit_json(value: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _table(title: str, *columns: str, wide: str = "error") -> Table:
-    """Ids, counts and times never wrap; the one wide text column takes what room is left."""
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        if column == wide:
-            table.add_column(column, overflow="fold", ratio=1, min_width=20)
-        else:
-            table.add_column(column, no_wrap=True)
-    return table
+def _print_rows(title: str, columns: Sequence[tuple[str, int | None]], rows: Sequence[Sequence[str]]) -> None:
+    """A table whose kept columns (width None: ids, fingerprints, counts, times) are never cut nor wrapped.
+
+    The others wrap, each needing at least its given width. When the page cannot give that (80
+    columns for list and patterns), each row becomes a short block instead, its first column
+    leading, its last (the wide text) on indented lines below: nothing is cut either way.
+    """
+    widths = [max(cell_len(name), *(cell_len(row[i]) for row in rows)) for i, (name, _) in enumerate(columns)]
+    needed = sum(w if least is None else min(w, least) for w, (_, least) in zip(widths, columns))
+    needed += 3 * len(columns) + 1  # a cell's padding and its border
+    if needed <= out.size.width:
+        table = Table(title=title, title_justify="left")
+        for (name, least), width in zip(columns, widths):
+            if least is None:
+                table.add_column(name, no_wrap=True, min_width=width)
+            else:
+                table.add_column(name, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    out.print(Text(title, style="italic"))
+    body = columns[-1][1] is not None and len(columns) > 1
+    width = out.size.width
+    for row in rows:
+        items = [f"{name}: {value}" for (name, _), value in zip(columns[1:], row[1:])]
+        lines, line = [], row[0]
+        for item in items[:len(items) - body]:  # a "name: value" is never split between lines
+            if cell_len(line) + 2 + cell_len(item) <= width:
+                line += f"  {item}"
+            else:
+                lines.append(line)
+                line = f"    {item}"
+        lines.append(line)
+        for text in lines:
+            out.print(Text(text), overflow="fold")
+        if body:
+            out.print(Padding(Text(items[-1]), (0, 0, 0, 4), expand=False), overflow="fold")
 
 
 def _when(value: datetime | None) -> str:
@@ -75,40 +267,39 @@ def _cut(text: str | None, n: int = 70) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+# --- commands -----------------------------------------------------------------------------------
 @app.command("list")
 def list_failures(db: Db = None, as_json: Json = False, agent: Agent = None,
                   node: Annotated[Optional[str], typer.Option("--node", help="Only this node id.")] = None,
                   error_type: Annotated[Optional[str],
                                         typer.Option("--error-type", help="Only this error type.")] = None,
                   session: Annotated[Optional[str], typer.Option("--session", help="Only this session id.")] = None,
-                  since: Since = None, limit: Annotated[int, typer.Option("--limit", min=0)] = 20) -> None:
+                  since: Since = None,
+                  limit: Annotated[int, typer.Option("--limit", min=0, help="At most this many failures.")] = 20
+                  ) -> None:
     """The most recent failures, newest first."""
-    with _index(db) as index:
+    with _index(db, as_json) as index:
         records = index.recent(agent_id=agent, node_id=node, error_type=error_type, session_id=session,
                                since=since, limit=limit)
     if as_json:
         return _emit_json(records)
-    table = _table(f"{len(records)} recent failures", "id", "when", "agent", "node", "kind", "attempts", "error")
-    for r in records:
-        table.add_row(r.failure_id[:12], _when(r.timestamp), r.agent_id or "-", r.node_id or "-", str(r.kind),
-                      str(r.attempts), f"{r.error_type}: {_cut(r.error_message, 80)}")
-    out.print(table)
+    _print_rows(_n(len(records), "recent failure"),
+                [("id", None), ("when", None), ("agent/node", 12), ("kind", 9), ("attempts", None), ("error", 24)],
+                [(r.failure_id[:12], _when(r.timestamp), f"{r.agent_id or '-'}/{r.node_id or '-'}", str(r.kind),
+                  str(r.attempts), f"{r.error_type}: {_cut(r.error_message, 80)}") for r in records])
 
 
 @app.command()
 def show(failure_id: Annotated[str, typer.Argument(help="A failure id or a unique prefix (6+ chars).")],
          db: Db = None, as_json: Json = False) -> None:
     """One failure in full: error, attempts, judge feedback, context, tool calls, agent snapshot."""
-    with _index(db) as index:
-        record = index.get(failure_id)
-    if record is None:
-        err.print(f"[red]error:[/red] no failure with id {failure_id!r}")
-        raise typer.Exit(1)
+    with _index(db, as_json) as index:
+        record = _find_failure(index, failure_id, as_json)
     if as_json:
         return _emit_json(record)
     data = record.model_dump(mode="json")
     table = Table(show_header=False, title=f"failure {record.failure_id}", title_justify="left")
-    table.add_column("field", style="bold")
+    table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in data.items():
         if value in (None, [], {}, ""):
@@ -119,47 +310,47 @@ def show(failure_id: Annotated[str, typer.Argument(help="A failure id or a uniqu
 
 @app.command()
 def patterns(db: Db = None, as_json: Json = False, agent: Agent = None, since: Since = None,
-             limit: Annotated[int, typer.Option("--limit", min=0)] = 50) -> None:
+             limit: Annotated[int, typer.Option("--limit", min=0, help="At most this many patterns.")] = 50
+             ) -> None:
     """Failures grouped by fingerprint: what keeps failing, where, since when, what was done."""
-    with _index(db) as index:
+    with _index(db, as_json) as index:
         found = index.patterns(agent_id=agent, since=since, limit=limit)
     if as_json:
         return _emit_json(found)
-    table = _table(f"{len(found)} failure patterns", "fingerprint", "count", "sessions", "agent/node", "kind",
-                   "status", "last seen", "error")
+    rows = []
     for p in found:
         status = "transient" if p.transient else "systematic"
         if p.resolution:
             status = "recurred after fix" if p.recurred_after_resolution else f"resolved: {_cut(p.resolution, 30)}"
-        table.add_row(p.fingerprint, str(p.count), str(p.sessions), f"{p.agent_id or '-'}/{p.node_id or '-'}", p.kind,
-                      status, _when(p.last_seen), f"{p.error_type}: {_cut(p.sample_message, 80)}")
-    out.print(table)
+        rows.append((p.fingerprint, str(p.count), str(p.sessions), f"{p.agent_id or '-'}/{p.node_id or '-'}", p.kind,
+                     status, _when(p.last_seen), f"{p.error_type}: {_cut(p.sample_message, 80)}"))
+    _print_rows(_n(len(found), "failure pattern"),
+                [("fingerprint", None), ("count", None), ("sessions", None), ("agent/node", 12), ("kind", 9),
+                 ("status", 10), ("last seen", None), ("error", 24)], rows)
 
 
 @app.command()
 def stats(db: Db = None, as_json: Json = False, agent: Agent = None, since: Since = None) -> None:
     """Runs, failed runs, failure rate and the nodes where failures happen."""
-    with _index(db) as index:
+    with _index(db, as_json) as index:
         result = index.stats(agent_id=agent, since=since)
     if as_json:
         return _emit_json(result)
     rate = f"{result.failure_rate:.1%}" if result.failure_rate is not None else "n/a (no runs recorded)"
     out.print(f"runs: {result.runs}   failed runs: {result.failed_runs}   failure rate: {rate}")
-    out.print(f"failures: {result.failures} in {result.sessions_with_failures} sessions, {result.patterns} patterns")
-    table = _table("by node", "node", "failures", "sessions")
-    for n in result.by_node:
-        table.add_row(n.node_id or "-", str(n.failures), str(n.sessions))
-    out.print(table)
+    out.print(f"failures: {result.failures} in {_n(result.sessions_with_failures, 'session')}, "
+              f"{_n(result.patterns, 'pattern')}")
+    _print_rows("by node", [("node", 16), ("failures", None), ("sessions", None)],
+                [(n.node_id or "-", str(n.failures), str(n.sessions)) for n in result.by_node])
     if result.by_kind:
         out.print("by kind: " + ", ".join(f"{k}={v}" for k, v in result.by_kind.items()))
     if result.by_version:
-        versions = _table("by agent version", "agent", "version", "first seen", "runs", "failed", "rate", "failures",
-                          wide="")
-        for v in result.by_version:
-            versions.add_row(v.agent_id or "-", v.agent_version or "-", _when(v.first_seen), str(v.runs),
-                             str(v.failed_runs), f"{v.failure_rate:.1%}" if v.failure_rate is not None else "-",
-                             str(v.failures))
-        out.print(versions)
+        _print_rows("by agent version",
+                    [("agent", 12), ("version", 10), ("first seen", None), ("runs", None), ("failed", None),
+                     ("rate", None), ("failures", None)],
+                    [(v.agent_id or "-", v.agent_version or "-", _when(v.first_seen), str(v.runs),
+                      str(v.failed_runs), f"{v.failure_rate:.1%}" if v.failure_rate is not None else "-",
+                      str(v.failures)) for v in result.by_version])
 
 
 @app.command()
@@ -168,7 +359,7 @@ def advise(db: Db = None, as_json: Json = False, agent: Agent = None,
            min_sessions: Annotated[int, typer.Option("--min-sessions", min=1,
                                                      help="Sessions that make a pattern recurring.")] = 3) -> None:
     """Patterns that warrant changing the agent (or a human), by Hive's evolution rules, with the evidence."""
-    with _index(db) as index:
+    with _index(db, as_json) as index:
         found = index.advise(agent_id=agent, window=window, min_sessions=min_sessions)
     if as_json:
         return _emit_json(found)
@@ -178,61 +369,68 @@ def advise(db: Db = None, as_json: Json = False, agent: Agent = None,
     for a in found:
         e = a.evidence
         share = f", {e.session_share:.0%} of runs" if e.session_share is not None else ""
-        action = "[bold red]evolve[/bold red]" if a.action == "evolve" else "[bold yellow]human[/bold yellow]"
-        out.print(f"{action} [bold]{a.fingerprint}[/bold] {a.agent_id or '-'}/{a.node_id or '-'} {a.kind}: "
-                  f"{', '.join(a.triggers) or '-'}")
+        action = ("evolve", "bold red") if a.action == "evolve" else ("human", "bold yellow")
+        out.print(Text.assemble(action, " ", (a.fingerprint, "bold"),
+                                f" {a.agent_id or '-'}/{a.node_id or '-'} {a.kind}: {', '.join(a.triggers) or '-'}"))
         out.print(f"  {a.error_type}: {_cut(a.sample_message, 100)}")
-        out.print(f"  {e.failures} failures in {e.sessions} sessions{share}; why: {a.reason}")
+        out.print(f"  {_n(e.failures, 'failure')} in {_n(e.sessions, 'session')}{share}; why: {a.reason}")
         if e.last_resolution is not None:
             out.print(f"  last fix: {_cut(e.last_resolution.resolution, 60)} -> {e.last_fix_verdict}")
         out.print(f"  examples: {', '.join(i[:12] for i in e.example_failure_ids)}; "
                   f"next: hive-failures diagnose {a.fingerprint}")
 
 
+Fingerprint = Annotated[str, typer.Argument(help="A pattern fingerprint or a unique prefix (v1: may be left out).")]
+
+
 @app.command("fix-effect")
-def fix_effect(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerprint or a unique prefix.")],
-               db: Db = None, as_json: Json = False) -> None:
+def fix_effect(fingerprint: Fingerprint, db: Db = None, as_json: Json = False) -> None:
     """Did each fix of a pattern work: its rate per run before the fix's version and from it on."""
-    with _index(db) as index:
-        result = index.fix_effect(fingerprint)
+    with _index(db, as_json) as index:
+        result = _with_pattern(index, fingerprint, as_json, index.fix_effect)
     if as_json:
         return _emit_json(result)
     if not result.effects:
         out.print(f"no resolution recorded for {result.fingerprint}")
         return
-    table = _table(f"fix effect of {result.fingerprint}", "resolved", "version", "before", "after", "verdict",
-                   "resolution", wide="resolution")
-    for e in result.effects:
-        rate = lambda r: f"{r.sessions}/{r.runs}" + (f" ({r.rate:.1%})" if r.rate is not None else "")  # noqa: E731
-        table.add_row(_when(e.resolution.resolved_at), e.resolution.agent_version or "-", rate(e.before),
-                      rate(e.after), e.verdict, f"{e.resolution.resolution} ({e.reason})")
-    out.print(table)
+
+    def rate(r: Any) -> str:
+        return f"{r.sessions}/{r.runs}" + (f" ({r.rate:.1%})" if r.rate is not None else "")
+
+    _print_rows(f"fix effect of {result.fingerprint}",
+                [("resolved", None), ("version", 10), ("before", None), ("after", None), ("verdict", None),
+                 ("resolution", 24)],
+                [(_when(e.resolution.resolved_at), e.resolution.agent_version or "-", rate(e.before), rate(e.after),
+                  e.verdict, f"{e.resolution.resolution} ({e.reason})") for e in result.effects])
 
 
 @app.command()
-def resolve(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerprint or a unique prefix.")],
+def resolve(fingerprint: Fingerprint,
             resolution: Annotated[str, typer.Argument(help="What was done, e.g. 'added input validation'.")],
             db: Db = None, as_json: Json = False,
-            agent_version: Annotated[Optional[str], typer.Option("--agent-version")] = None,
+            agent_version: Annotated[Optional[str], typer.Option(
+                "--agent-version", help="The agent version that carries the fix; fix-effect compares runs from it on."
+            )] = None,
             no_evolution: Annotated[bool, typer.Option(
                 "--no-evolution", help="Fixed without evolving the agent.")] = False) -> None:
     """Record what was done about a pattern, so the next look does not start blind."""
-    with _index(db) as index:
-        result = index.resolve(fingerprint, resolution, evolution_triggered=not no_evolution,
-                               agent_version=agent_version)
+    if not resolution.strip():
+        _fail("a resolution needs a description of what was done", EXIT_BAD_INPUT, as_json)
+    with _index(db, as_json) as index:
+        result = _with_pattern(index, fingerprint, as_json, lambda fp: index.resolve(
+            fp, resolution, evolution_triggered=not no_evolution, agent_version=agent_version))
     if as_json:
         return _emit_json(result)
     out.print(f"resolved {result.fingerprint}: {result.resolution}")
 
 
 @app.command()
-def diagnose(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerprint or a unique prefix.")],
-             db: Db = None, as_json: Json = False,
+def diagnose(fingerprint: Fingerprint, db: Db = None, as_json: Json = False,
              budget: Annotated[int, typer.Option("--budget", min=1000, help="Size limit in characters.")] = 12_000
              ) -> None:
     """What a coding agent needs to change the agent for a pattern, in Markdown (or --json)."""
-    with _index(db) as index:
-        result = index.diagnose(fingerprint, budget_chars=budget)
+    with _index(db, as_json) as index:
+        result = _with_pattern(index, fingerprint, as_json, lambda fp: index.diagnose(fp, budget_chars=budget))
     if as_json:
         return _emit_json(result)
     typer.echo(result.markdown)
@@ -241,7 +439,8 @@ def diagnose(fingerprint: Annotated[str, typer.Argument(help="A pattern fingerpr
 @app.command()
 def mcp(db: Db = None,
         http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP on loopback, not stdio.")] = False,
-        port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8765) -> None:
+        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="The loopback port for --http.")] = 8765
+        ) -> None:
     """Serve the index to the Queen (or any MCP client) as tools, over stdio by default."""
     from .mcp_server import serve
 
@@ -275,8 +474,7 @@ def migrate(db: Db = None) -> None:
         if not index_path(db).exists():
             raise FailureIndexError(f"no failure index at {index_path(db)} (set HIVE_FAILURES_DB or pass --db)")
     except FailureIndexError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _fail(str(exc), EXIT_BAD_INPUT, False)
     with _index(db, create=True) as index:
         out.print(f"{index.path}: schema version {index.schema_version}")
 
@@ -288,8 +486,7 @@ def demo(db: Db = None) -> None:
     try:
         from .demo import main as run_demo
     except ImportError as exc:
-        err.print(f"[red]error:[/red] the demo needs Hive: pip install 'hive-otel-failures[hive]' ({exc})")
-        raise typer.Exit(2) from None
+        _fail(f"the demo needs Hive: pip install 'hive-otel-failures[hive]' ({exc})", EXIT_BAD_INPUT, False)
     run_demo(db)
 
 
