@@ -265,6 +265,12 @@ def test_unknown_fingerprints_are_clear_errors(index: hof.FailureIndex) -> None:
             call("v1:nothing")
 
 
+def test_a_fingerprint_may_leave_out_its_version(index: hof.FailureIndex) -> None:
+    index.add([fail(f"s{i}") for i in range(3)])
+    fp = index.patterns()[0].fingerprint
+    assert index.fix_effect(fp.split(":", 1)[1][:8]).fingerprint == fp
+
+
 def test_a_migrated_index_counts_what_the_writer_counts(tmp_path: Path) -> None:
     """Counters of an index from before them are rebuilt by the migration, equal to the writer's own."""
     failures = [fail(f"s{i % 4}", ts=NOW - timedelta(hours=5 * i), node=f"n{i % 2}") for i in range(12)]

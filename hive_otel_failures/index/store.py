@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from .. import semconv
+from ..fingerprint import FINGERPRINT_VERSION
 from ..record import FailureKind, FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
 from ..scrub import TRUNCATED_KEY, Limits, safe_text
 from .advice import (FIX_MIN_RUNS, HARD_CONSTRAINT_KINDS, HUMAN_KINDS, VersionCounts, fix_verdict, lower_p_value,
@@ -438,10 +439,13 @@ class FailureIndex:
                           evolution_triggered=evolution_triggered, agent_version=agent_version)
 
     def _resolve_fingerprint(self, fingerprint: str) -> str:
+        """The one pattern a fingerprint names: whole, a unique prefix, or either without its ``v1:`` version."""
+        fingerprint = fingerprint.strip()
+        prefix = fingerprint if ":" in fingerprint else f"v{FINGERPRINT_VERSION}:{fingerprint}"
         rows = self._conn.execute(
             "SELECT fingerprint FROM patterns WHERE fingerprint = ? OR fingerprint LIKE ? ESCAPE '\\' LIMIT 2",
-            (fingerprint, _like_prefix(fingerprint))).fetchall()
-        exact = [r[0] for r in rows if r[0] == fingerprint]
+            (prefix, _like_prefix(prefix))).fetchall()
+        exact = [r[0] for r in rows if r[0] == prefix]
         if exact:
             return exact[0]
         if len(rows) != 1:
