@@ -4,6 +4,10 @@
 for ``hive.failure`` / ``hive.run`` events, on spans that may carry them, and enqueues; a
 writer thread turns attributes into records and writes them in batched transactions. The
 queue is bounded: when it is full a record is dropped and counted rather than blocking the agent.
+
+A transaction holds what the writer commits in about one flush interval (``schedule_delay_millis``),
+at most ``max_batch_size`` records: while the writer keeps up, a record is on disk within one
+interval (to be picked up) plus one transaction, so a kill -9 loses only the newest records.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class FailureIndexProcessor(SpanProcessor):
                  schedule_delay_millis: int = 200) -> None:
         self._max_queue = max(1, max_queue_size or int(os.environ.get(semconv.ENV_QUEUE_SIZE, "10000")))
         self._max_batch = max(1, max_batch_size)
+        self._min_batch = max(1, self._max_batch // 8)
+        self._batch_limit = self._min_batch  # records in the next transaction: see _learn
         self._delay = max(0.001, schedule_delay_millis / 1000)
         # deque append/popleft are atomic under the GIL: no lock on the application's path.
         self._queue: deque[_Item] = deque()
@@ -151,10 +157,12 @@ class FailureIndexProcessor(SpanProcessor):
                 self._wake.wait(self._delay)
                 self._wake.clear()
                 while self._queue:
-                    size = min(self._max_batch, len(self._queue))
+                    size = min(self._batch_limit, len(self._queue))
                     self._in_flight = size  # set before popping, so force_flush never sees zero early
                     batch = [self._queue.popleft() for _ in range(size)]
+                    started = time.monotonic()
                     self._write(batch)
+                    self._learn(size, time.monotonic() - started)
                     with self._cond:
                         self._in_flight = 0
                         self._cond.notify_all()
@@ -162,6 +170,16 @@ class FailureIndexProcessor(SpanProcessor):
                     break
         if self._owns_index and self._index is not None:
             self._index.close()
+
+    def _learn(self, size: int, seconds: float) -> None:
+        """Size the next transaction so that it takes about one flush interval, at most max_batch.
+
+        A record then waits at most one interval to be picked up and one transaction to be
+        committed, while the writer keeps up. The records per second of the last transaction
+        predict the next one's; the floor keeps per-transaction costs from eating throughput.
+        """
+        fits = int(size * self._delay / seconds) if seconds > 0 else self._max_batch
+        self._batch_limit = max(self._min_batch, min(self._max_batch, fits))
 
     def _open(self) -> FailureIndex | None:
         if self._index is None:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -196,3 +201,69 @@ def test_one_malformed_event_loses_neither_its_span_nor_the_batch(pipeline: Pipe
     with pipeline.index() as index:
         assert sorted(r.error_message for r in index.recent()) == ["after", "before"]
     assert sum("malformed failure event" in r.getMessage() for r in caplog.records) == 1
+
+
+KILLED_UNDER_LOAD = textwrap.dedent("""
+    import os, random, sys, time
+    from opentelemetry.sdk.trace import TracerProvider
+    import hive_otel_failures as hof
+
+    db, log, rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    provider = TracerProvider()
+    handle = hof.configure(db=db, tracer_provider=provider)
+    assert handle.force_flush(30_000)
+    tracer = provider.get_tracer("app")
+    rng = random.Random(7)
+    words = "order customer total row invoice ACME currency EUR parse column missing value shipment".split()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    print("ready", flush=True)
+    t0, i = time.monotonic(), 0
+    while True:  # a steady rate until SIGKILL
+        due, lines = int((time.monotonic() - t0) * rate), []
+        while i < due:
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(150, 600)))  # 1-4 KB of context
+            with tracer.start_as_current_span("node"):
+                hof.record_failure(hof.FailureRecord(
+                    failure_id=f"k{i}", agent_id="a", node_id=f"n{i % 7}", session_id=f"s{i // 5}",
+                    error_type="builtins.ValueError", error_message=f"row {i} failed",
+                    input_context={"row": i, "text": text}))
+            lines.append(f"{i} {time.monotonic()}\\n")  # the span has ended: on_end has run
+            i += 1
+        os.write(fd, "".join(lines).encode())
+        time.sleep(0.002)
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_kill_9_under_load_loses_nothing_older_than_the_bound(tmp_path: Path) -> None:
+    """While the writer keeps up, what ended more than a flush interval plus one transaction ago is on disk.
+
+    The bound is 400 ms (200 ms interval, transactions sized to about one interval); the
+    assertion allows 3x that for a noisy machine. benchmarks/kill_loss.py prints the figures.
+    """
+    rate, seconds, bound = 1000, 3.0, 2 * 0.2
+    db, log = tmp_path / "failures.db", tmp_path / "emitted.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HIVE_FAILURES"))}
+    with open(tmp_path / "stderr", "w+b") as err:
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_UNDER_LOAD, str(db), str(log), str(rate)], env=env,
+                                stdout=subprocess.PIPE, stderr=err)
+        try:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline().strip() == b"ready"
+            if ready:
+                time.sleep(seconds)
+                os.kill(proc.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+        finally:
+            proc.kill()
+            proc.wait()
+        err.seek(0)
+        assert ready, err.read().decode(errors="replace")
+    emitted = {f"k{i}": float(t) for i, t in (line.split() for line in log.read_text().splitlines())}
+    assert len(emitted) >= 0.8 * rate * seconds, f"the child emitted {len(emitted)}: too loaded a machine to test"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        stored = {failure_id for (failure_id,) in conn.execute("SELECT failure_id FROM failures")}
+    lost = sorted((killed_at - t for failure_id, t in emitted.items() if failure_id not in stored), reverse=True)
+    assert not [age for age in lost if age > 3 * bound], (
+        f"{len(lost)} of {len(emitted)} lost, the oldest ended {lost[0]:.2f} s before the kill")
