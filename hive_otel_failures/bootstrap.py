@@ -9,20 +9,35 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, fields
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from .export import ContentPolicyExporter, export_content_enabled, otlp_exporter_from_env
+from .export import (DEFAULT_SHUTDOWN_TIMEOUT_MILLIS, BoundedBatchSpanProcessor, export_content_enabled,
+                     otlp_span_processor_from_env)
 from .index import default_location
 from .processor import FailureIndexProcessor, ProcessorStats
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _handles: dict[int, "Handle"] = {}  # id(provider) -> handle; providers live for the process
+
+
+@dataclass(frozen=True)
+class HandleStats(ProcessorStats):
+    """The index's counters (records), and the OTLP export's (spans; all 0 when not exporting).
+
+    ``spans_unexported`` counts spans that will never reach the collector: exports that failed,
+    spans refused by a full export queue or after shutdown, and what shutdown left at its deadline.
+    ``spans_pending_export`` are queued or being sent; after shutdown it is 0.
+    """
+
+    spans_exported: int = 0
+    spans_unexported: int = 0
+    spans_pending_export: int = 0
 
 
 @dataclass
@@ -35,22 +50,47 @@ class Handle:
     exporting: bool = False
     disabled_reason: str | None = None
     instrumented: bool = field(default=False)
+    export_processor: BoundedBatchSpanProcessor | None = field(default=None, repr=False)
+    owns_provider: bool = field(default=False, repr=False)
 
     @property
     def enabled(self) -> bool:
         return self.processor is not None
 
-    def stats(self) -> ProcessorStats | None:
-        return self.processor.stats() if self.processor else None
+    def stats(self) -> HandleStats | None:
+        if self.processor is None:
+            return None
+        base = self.processor.stats()
+        counts = {f.name: getattr(base, f.name) for f in fields(base)}
+        if self.export_processor is not None:
+            export = self.export_processor.export_stats()
+            counts.update(spans_exported=export.exported, spans_unexported=export.unexported,
+                          spans_pending_export=export.pending)
+        return HandleStats(**counts)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         if self.tracer_provider is None:
             return True
         return self.tracer_provider.force_flush(timeout_millis)
 
-    def shutdown(self) -> None:
-        if self.tracer_provider is not None:
-            self.tracer_provider.shutdown()
+    def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_MILLIS / 1000) -> None:
+        """Write what the index accepted, export what OTLP can, within ``timeout`` seconds; then stop.
+
+        The index and the export drain side by side under the one deadline. With the collector
+        down, the export gives up at the deadline (at once if it already knows the collector is
+        down); spans it could not send are counted in ``stats().spans_unexported``. A provider
+        configure() created is shut down too; one it joined belongs to its owner and keeps running
+        (its other processors' shutdown is not ours to bound).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self.export_processor is not None:
+            self.export_processor.begin_shutdown(max(0.0, timeout) * 1000)
+        if self.processor is not None:
+            self.processor.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
+        if self.export_processor is not None:
+            self.export_processor.wait_shutdown()
+        if self.owns_provider and self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # our processors are down already: this only unhooks the provider
 
 
 def _sdk_disabled() -> bool:
@@ -89,16 +129,17 @@ def configure(*, db: str | os.PathLike[str] | None = None, service_name: str | N
         location = str(db) if db is not None else default_location()
         processor = FailureIndexProcessor(location, max_queue_size=max_queue_size)
         provider.add_span_processor(processor)
-        exporting = False
+        export_processor = None
         if created:
-            exporter = otlp_exporter_from_env()
-            if exporter is not None:
-                if not export_content_enabled():
-                    exporter = ContentPolicyExporter(exporter)
-                provider.add_span_processor(BatchSpanProcessor(exporter))
-                exporting = True
+            try:
+                export_processor = otlp_span_processor_from_env()
+            except Exception as exc:  # noqa: BLE001 - a bad OTEL_EXPORTER_OTLP_* must not stop the app
+                _log.warning("hive-failures: cannot set up OTLP export (%s); failures are still indexed", exc)
+            if export_processor is not None:
+                provider.add_span_processor(export_processor)
             trace.set_tracer_provider(provider)
-        handle = Handle(provider, processor, location, exporting=exporting)
+        handle = Handle(provider, processor, location, exporting=export_processor is not None,
+                        export_processor=export_processor, owns_provider=created)
         _handles[id(provider)] = handle
         return handle
 
