@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import hive_otel_failures as hof
 from hive_otel_failures.processor import FailureIndexProcessor
@@ -134,6 +136,22 @@ def test_joining_a_provider_adds_one_processor_however_often_called(db_path: Pat
     assert first is second
     processors = provider._active_span_processor._span_processors
     assert sum(isinstance(p, FailureIndexProcessor) for p in processors) == 1
+    provider.shutdown()
+
+
+def test_shutting_down_the_handle_leaves_a_joined_provider_to_its_owner(db_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    handle = hof.configure(db=db_path, tracer_provider=provider)
+    with provider.get_tracer("app").start_as_current_span("node"):
+        hof.record_failure(hof.FailureRecord(error_message="before"))
+    handle.shutdown(timeout=5)
+    stats = handle.stats()
+    assert stats is not None and stats.written == 1
+    assert (stats.spans_exported, stats.spans_unexported, stats.spans_pending_export) == (0, 0, 0)  # no OTLP here
+    provider.get_tracer("app").start_span("after").end()  # the owner's pipeline still runs
+    assert [s.name for s in exporter.get_finished_spans()] == ["node", "after"]
     provider.shutdown()
 
 
