@@ -10,20 +10,17 @@ from __future__ import annotations
 import json
 import socket
 import textwrap
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 
 import hive_otel_failures as hof
 from hive_otel_failures.export import BatchSettings, BoundedBatchSpanProcessor
 
+from .conftest import OTLPReceiver
 from .test_bootstrap import run_app
 
 
@@ -32,44 +29,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class CountingCollector:
-    """The smallest OTLP/HTTP collector: accepts POST /v1/traces, counts requests and spans."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.spans = 0
-        collector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path != "/v1/traces":
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                collector.requests += 1
-                collector.spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def collector() -> Iterator[CountingCollector]:
-    c = CountingCollector()
-    yield c
-    c.server.shutdown()
 
 
 # 600 failure spans: one full batch (512) in flight when shutdown starts, 88 still queued.
@@ -140,21 +99,21 @@ def test_the_otel_export_timeout_is_honoured_at_shutdown(variable: str, value: s
     assert (out["spans_unexported"], out["written"]) == (600, 600)
 
 
-def test_with_the_collector_up_nothing_is_counted_as_lost(collector: CountingCollector, tmp_path: Path) -> None:
-    out = run({"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+def test_with_the_collector_up_nothing_is_counted_as_lost(receiver: OTLPReceiver, tmp_path: Path) -> None:
+    out = run({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
               tmp_path)
     assert (out["spans_exported"], out["spans_unexported"], out["spans_pending_export"]) == (600, 0, 0)
-    assert collector.spans == 600 and collector.requests >= 2  # a batch of 512, then the rest at shutdown
+    assert len(receiver.spans()) == 600 and len(receiver.requests) >= 2  # a batch of 512, then the rest at shutdown
     assert out["written"] == 600
 
 
-def test_invalid_batch_settings_fall_back_instead_of_breaking_configure(collector: CountingCollector,
+def test_invalid_batch_settings_fall_back_instead_of_breaking_configure(receiver: OTLPReceiver,
                                                                         tmp_path: Path) -> None:
-    out = run({"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    out = run({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                "OTEL_BSP_MAX_QUEUE_SIZE": "0", "OTEL_BSP_SCHEDULE_DELAY": "soon",
                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "-3"},
               tmp_path, n=20)
-    assert out["exporting"] is True and out["spans_exported"] == 20 == collector.spans
+    assert out["exporting"] is True and out["spans_exported"] == 20 == len(receiver.spans())
 
 
 # --- the processor on its own provider ---------------------------------------------------------------
