@@ -38,6 +38,34 @@ class FailureIndexError(Exception):
 _T = TypeVar("_T")
 
 
+def _sha256(text: str) -> str:
+    """sha256 of a snapshot, fed in pieces hashlib hashes without giving up the GIL (it does above 2 KiB)."""
+    data, digest = text.encode("utf-8"), hashlib.sha256()
+    for start in range(0, len(data), 2000):
+        digest.update(data[start:start + 2000])
+    return digest.hexdigest()
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert rows with one multi-row statement per chunk; returns how many were inserted.
+
+    executemany steps the statement once per row, and each step gives up the GIL: beside a
+    busy application thread the writer then waits for it again row after row. One step per
+    chunk keeps the writer going.
+    """
+    if not rows:
+        return 0
+    width = len(rows[0])
+    per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    one = "(" + ", ".join("?" * width) + ")"
+    inserted = 0
+    for start in range(0, len(rows), per):
+        chunk = rows[start:start + per]
+        statement = sql.format(", ".join([one] * len(chunk)))
+        inserted += conn.execute(statement, [value for row in chunk for value in row]).rowcount
+    return inserted
+
+
 def _open_sqlite(target: str, busy_timeout: float) -> sqlite3.Connection:
     """A connection that has read the file once (SQLite opens lazily), or the error that stopped it."""
     conn = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None, check_same_thread=False,
@@ -141,8 +169,7 @@ _SELECT_FAILURE = f"""
     LEFT JOIN blobs gs ON gs.sha256 = f.graph_snapshot_sha
 """
 _AT = {name.strip(): i for i, name in enumerate(_FAILURE_COLUMNS.split(","))}
-_INSERT_FAILURE = (f"INSERT INTO failures ({_FAILURE_COLUMNS}) "
-                   f"VALUES ({', '.join('?' * (_FAILURE_COLUMNS.count(',') + 1))}) ON CONFLICT (failure_id) DO NOTHING")
+_INSERT_FAILURE = f"INSERT INTO failures ({_FAILURE_COLUMNS}) VALUES {{}} ON CONFLICT (failure_id) DO NOTHING"
 _P = semconv.FAILURE_PREFIX
 _KINDS = frozenset(k.value for k in FailureKind)
 
@@ -169,7 +196,7 @@ def _wire_rows(failures: Iterable[Mapping[str, Any]]) -> _WireRows:
     """
     rows: list[tuple[Any, ...]] = []
     hashes: dict[str, str] = {}  # snapshot text -> sha256: an agent's graph repeats in each of its failures
-    sha256, fromisoformat = hashlib.sha256, datetime.fromisoformat
+    fromisoformat = datetime.fromisoformat
     for attrs in failures:
         (failure_id, session_id, agent_id, node_id, stamp, kind, error_type, error_message, traceback, attempts,
          judge_feedback, constraints, criteria, tool_calls, input_context, memory, graph, trace_id, span_id,
@@ -187,7 +214,7 @@ def _wire_rows(failures: Iterable[Mapping[str, Any]]) -> _WireRows:
         shas = []
         for text in (input_context, memory, graph):
             if text is not None and text not in hashes:
-                hashes[text] = sha256(text.encode("utf-8")).hexdigest()
+                hashes[text] = _sha256(text)
             shas.append(None if text is None else hashes[text])
         rows.append((
             failure_id, session_id, agent_id, node_id, ts, kind, error_type or "unknown", error_message or "",
@@ -340,8 +367,8 @@ class FailureIndex:
             return 0, set()
         c = self._conn
         before = c.execute("SELECT coalesce(max(rowid), 0) FROM failures").fetchone()[0]
-        c.executemany("INSERT OR IGNORE INTO blobs (sha256, content, size) VALUES (?, ?, ?)", rows.blobs)
-        added = c.executemany(_INSERT_FAILURE, rows.failures).rowcount
+        _insert_rows(c, "INSERT OR IGNORE INTO blobs (sha256, content, size) VALUES {}", rows.blobs)
+        added = _insert_rows(c, _INSERT_FAILURE, rows.failures)
         fresh = rows.failures
         if added < len(fresh):  # some failure_ids were stored already: count only what this call added
             stored = {failure_id for (failure_id,) in c.execute(
@@ -368,13 +395,14 @@ class FailureIndex:
             groups.setdefault(row[fingerprint_at], []).append(row)
         updates, pairs = [], set()
         counts: dict[tuple[int, int, str, str], list[Any]] = {}  # (grain, bucket, fp, version) -> row of counters
+        first_rows: dict[tuple[str, str | None], tuple[Any, ...]] = {}
+        for row in rows:
+            first_rows.setdefault((row[fingerprint_at], row[session_at]), row)
+        unknown = first_rows.keys() - self._known_pairs
+        stored = self._pairs_stored_before(unknown, before)
         for fingerprint, members in groups.items():
-            first_rows: dict[tuple[str, str | None], tuple[Any, ...]] = {}
-            for row in members:
-                first_rows.setdefault((fingerprint, row[session_at]), row)
-            new_pairs = {pair for pair in first_rows.keys() - self._known_pairs
-                         if self._conn.execute(_PAIR_STORED_BEFORE, (pair[1], fingerprint, before)).fetchone() is None}
-            pairs |= first_rows.keys()
+            new_pairs = {(fingerprint, row[session_at]) for row in members} & (unknown - stored)
+            pairs |= {(fingerprint, row[session_at]) for row in members}
             for row in members:
                 ts, version = row[ts_at], row[version_at] or ""
                 new = 1 if new_pairs and first_rows.get((fingerprint, row[session_at])) is row \
@@ -395,6 +423,24 @@ class FailureIndex:
         self._conn.executemany(_UPSERT_PATTERN, updates)
         self._conn.executemany(_UPSERT_COUNTS, counts.values())
         return pairs
+
+    def _pairs_stored_before(self, pairs: set[tuple[str, str | None]], before: int) -> set[tuple[str, str | None]]:
+        """Which (pattern, session) pairs the file held before this batch: one query per chunk of sessions.
+
+        Looked up through the sessions (a session has few failures), in as few statements as
+        SQLite allows, so the writer gives up the GIL a few times per batch, not once per pair.
+        """
+        found = {(fp, None) for fp, session in pairs  # failures without a session: rare, one query each
+                 if session is None and self._conn.execute(_PAIR_STORED_BEFORE, (None, fp, before)).fetchone()}
+        sessions = sorted({session for _, session in pairs if session is not None})
+        per = max(1, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1)
+        for start in range(0, len(sessions), per):
+            chunk = sessions[start:start + per]
+            found |= {pair for pair in self._conn.execute(
+                "SELECT DISTINCT fingerprint, session_id FROM failures INDEXED BY failures_session "
+                f"WHERE session_id IN ({', '.join('?' * len(chunk))}) AND rowid <= ?", (*chunk, before))
+                if pair in pairs}
+        return found
 
     def _upsert_runs(self, outcomes: Sequence[RunOutcome]) -> None:
         self._conn.executemany(
