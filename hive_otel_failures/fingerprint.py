@@ -99,6 +99,11 @@ def fingerprint(
     return f"v{FINGERPRINT_VERSION}:{digest}"
 
 
+def with_version(fingerprint: str) -> str:
+    """A fingerprint (or prefix) as stored: given without its ``v1:``, the current version's is added."""
+    return fingerprint if ":" in fingerprint else f"v{FINGERPRINT_VERSION}:{fingerprint}"
+
+
 def is_transient(error_type: str, message: str) -> bool:
     """True for failures a retry may fix (rate limits, timeouts, connection errors, 5xx)."""
     return bool(_TRANSIENT_TYPES.search(error_type or "") or _TRANSIENT_TEXT.search(message or ""))

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from ..fingerprint import FINGERPRINT_VERSION
+from ..fingerprint import with_version
 from ..index import FailureIndex, FailureIndexError, Pattern, index_path, open_index
 from ..record import FailureRecord
 
@@ -172,7 +172,7 @@ def _find_failure(index: FailureIndex, failure_id: str, as_json: bool) -> Failur
 
 def _patterns_starting(index: FailureIndex, fingerprint: str) -> list[Pattern]:
     """Patterns whose fingerprint starts with ``fingerprint``, or with ``v1:fingerprint`` when it names no version."""
-    starts = (fingerprint,) if ":" in fingerprint else (fingerprint, f"v{FINGERPRINT_VERSION}:{fingerprint}")
+    starts = (fingerprint, with_version(fingerprint))
     return [p for p in index.patterns(limit=_PATTERN_SCAN) if p.fingerprint.startswith(starts)]
 
 

@@ -6,8 +6,8 @@ process can share an index; other processes read concurrently thanks to WAL.
 
 from __future__ import annotations
 
-import hashlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from .. import semconv
-from ..fingerprint import FINGERPRINT_VERSION
+from ..fingerprint import with_version
 from ..record import FailureKind, FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
 from ..scrub import TRUNCATED_KEY, Limits, safe_text
 from .advice import (FIX_MIN_RUNS, HARD_CONSTRAINT_KINDS, HUMAN_KINDS, VersionCounts, fix_verdict, lower_p_value,
@@ -94,6 +94,12 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+def _as_duration(text: str) -> timedelta | None:
+    """``"30m"``, ``"24h"``, ``"7d"``, ``"2w"`` as a timedelta; None for anything else."""
+    match = _DURATION.match(text)
+    return timedelta(**{_UNITS[match[2]]: float(match[1])}) if match else None
+
+
 def parse_since(since: datetime | timedelta | str | None) -> datetime | None:
     """``since`` as an aware datetime: a datetime, a timedelta ago, ``"24h"``/``"7d"``, or ISO 8601."""
     if since is None or isinstance(since, datetime):
@@ -102,9 +108,9 @@ def parse_since(since: datetime | timedelta | str | None) -> datetime | None:
         return since
     if isinstance(since, timedelta):
         return datetime.now(timezone.utc) - since
-    match = _DURATION.match(since)
-    if match:
-        return datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: float(match[1])})
+    length = _as_duration(since)
+    if length is not None:
+        return datetime.now(timezone.utc) - length
     try:
         return parse_since(datetime.fromisoformat(since))
     except ValueError:
@@ -401,12 +407,13 @@ class FailureIndex:
         unknown = first_rows.keys() - self._known_pairs
         stored = self._pairs_stored_before(unknown, before)
         for fingerprint, members in groups.items():
-            new_pairs = {(fingerprint, row[session_at]) for row in members} & (unknown - stored)
-            pairs |= {(fingerprint, row[session_at]) for row in members}
+            group_pairs = {(fingerprint, row[session_at]) for row in members}
+            new_pairs = group_pairs & (unknown - stored)
+            pairs |= group_pairs
             for row in members:
                 ts, version = row[ts_at], row[version_at] or ""
-                new = 1 if new_pairs and first_rows.get((fingerprint, row[session_at])) is row \
-                    and (fingerprint, row[session_at]) in new_pairs else 0
+                pair = (fingerprint, row[session_at])
+                new = int(pair in new_pairs and first_rows[pair] is row)  # the pair's first failure in the file
                 for grain in _GRAINS:
                     key = (grain, int(ts / grain), fingerprint, version)
                     counter = counts.get(key)
@@ -487,7 +494,7 @@ class FailureIndex:
     def _resolve_fingerprint(self, fingerprint: str) -> str:
         """The one pattern a fingerprint names: whole, a unique prefix, or either without its ``v1:`` version."""
         fingerprint = fingerprint.strip()
-        prefix = fingerprint if ":" in fingerprint else f"v{FINGERPRINT_VERSION}:{fingerprint}"
+        prefix = with_version(fingerprint)
         rows = self._conn.execute(
             "SELECT fingerprint FROM patterns WHERE fingerprint = ? OR fingerprint LIKE ? ESCAPE '\\' LIMIT 2",
             (prefix, _like_prefix(prefix))).fetchall()
@@ -552,13 +559,9 @@ class FailureIndex:
             LIMIT ?"""
         with self._lock:
             rows = self._conn.execute(sql, (*params, agent_id, agent_id, max(0, int(limit)))).fetchall()
-        return [
-            Pattern(fingerprint=r[0], agent_id=r[1], node_id=r[2], error_type=r[3], kind=r[4], sample_message=r[5],
-                    transient=bool(r[6]), count=r[7], sessions=r[8], first_seen=_dt(r[9]), last_seen=_dt(r[10]),
-                    resolution=r[11], resolved_at=_dt(r[12]), evolution_triggered=bool(r[13]),
-                    resolved_in_version=r[14], recurred_after_resolution=r[12] is not None and r[10] > r[12])
-            for r in rows
-        ]
+        return [_pattern(r, resolution=r[11], resolved_at=_dt(r[12]), evolution_triggered=bool(r[13]),
+                         resolved_in_version=r[14], recurred_after_resolution=r[12] is not None and r[10] > r[12])
+                for r in rows]
 
     @_reading
     def stats(self, agent_id: str | None = None, since: datetime | timedelta | str | None = None) -> Stats:
@@ -648,12 +651,11 @@ class FailureIndex:
             patterns = {p.fingerprint: p for p in self._patterns_by_fingerprint(list(by_pattern))}
             agents = sorted({p.agent_id or "" for p in patterns.values()})
             agent_in = f"agent_id IN ({', '.join('?' * len(agents))})"
-            runs_now = dict(((a, (r, f)) for a, r, f in self._conn.execute(
-                f"SELECT agent_id, SUM(runs), SUM(failed) FROM run_counts c WHERE {recent[0]} AND {agent_in} "
-                "GROUP BY 1", (*recent[1], *agents))))
-            runs_before = dict(((a, (r, f)) for a, r, f in self._conn.execute(
-                f"SELECT agent_id, SUM(runs), SUM(failed) FROM run_counts c WHERE {previous[0]} AND {agent_in} "
-                "GROUP BY 1", (*previous[1], *agents))))
+            runs_now, runs_before = (
+                {a: (r, f) for a, r, f in self._conn.execute(
+                    f"SELECT agent_id, SUM(runs), SUM(failed) FROM run_counts c WHERE {where} AND {agent_in} "
+                    "GROUP BY 1", (*params, *agents))}
+                for where, params in (recent, previous))
             last_resolutions = self._last_resolutions(list(by_pattern))
         advice = []
         for fp, per_version in by_pattern.items():
@@ -752,9 +754,7 @@ class FailureIndex:
             "SELECT fingerprint, agent_id, node_id, error_type, kind, sample_message, transient, count, sessions, "
             f"first_seen, last_seen FROM patterns WHERE fingerprint IN ({', '.join('?' * len(fingerprints))})",
             list(fingerprints)).fetchall()
-        return [Pattern(fingerprint=r[0], agent_id=r[1], node_id=r[2], error_type=r[3], kind=r[4],
-                        sample_message=r[5], transient=bool(r[6]), count=r[7], sessions=r[8],
-                        first_seen=_dt(r[9]), last_seen=_dt(r[10])) for r in rows]
+        return [_pattern(r) for r in rows]
 
     def _last_resolutions(self, fingerprints: Sequence[str]) -> dict[str, Resolution]:
         rows = self._conn.execute(
@@ -780,10 +780,9 @@ class FailureIndex:
         split = split_versions(first_seen, resolved_ts, resolution.agent_version,
                                by_time=not resolution.evolution_triggered)
         if split.basis == "version":
-            before = (sum(runs.get(v, (0, 0))[0] for v in split.before),
-                      sum(hits.get(v, (0, 0))[0] for v in split.before))
-            after = (sum(runs.get(v, (0, 0))[0] for v in split.after),
-                     sum(hits.get(v, (0, 0))[0] for v in split.after))
+            def side(versions: Sequence[str]) -> tuple[int, int]:  # (runs, sessions hit) over these versions
+                return (sum(runs.get(v, (0, 0))[0] for v in versions), sum(hits.get(v, (0, 0))[0] for v in versions))
+            before, after = side(split.before), side(split.after)
         else:  # no versions known: split by the hour of the resolution
             hour = int(resolved_ts / HOUR)
             before_runs, after_runs = self._conn.execute(
@@ -879,13 +878,9 @@ def _window_sql(ranges: Sequence[tuple[int, int, int]]) -> tuple[str, list[int]]
 
 
 def _duration(window: timedelta | str) -> timedelta:
-    if isinstance(window, timedelta):
-        length = window
-    else:
-        match = _DURATION.match(window)
-        if not match:
-            raise FailureIndexError(f"cannot read window={window!r}: use 24h, 7d or 2w")
-        length = timedelta(**{_UNITS[match[2]]: float(match[1])})
+    length = window if isinstance(window, timedelta) else _as_duration(window)
+    if length is None:
+        raise FailureIndexError(f"cannot read window={window!r}: use 24h, 7d or 2w")
     if length <= timedelta(0):
         raise FailureIndexError(f"the window must be positive, got {window!r}")
     return length
@@ -944,6 +939,13 @@ def _statements(script: str) -> Iterable[str]:
             statement = ""
     if statement.strip():
         raise FailureIndexError(f"incomplete statement in a migration: {statement.strip()[:80]!r}")
+
+
+def _pattern(row: Sequence[Any], **resolution: Any) -> Pattern:
+    """A Pattern from the first eleven columns patterns() and its helpers select, in that order."""
+    return Pattern(fingerprint=row[0], agent_id=row[1], node_id=row[2], error_type=row[3], kind=row[4],
+                   sample_message=row[5], transient=bool(row[6]), count=row[7], sessions=row[8],
+                   first_seen=_dt(row[9]), last_seen=_dt(row[10]), **resolution)
 
 
 def _like_prefix(prefix: str) -> str:
