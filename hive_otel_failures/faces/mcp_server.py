@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from ..index import MIN_DIAGNOSIS_CHARS, FailureIndex, FailureIndexError, default_location, open_index, parse_since
+from ..index import (FIX_MIN_RUNS, MIN_DIAGNOSIS_CHARS, FailureIndex, FailureIndexError, default_location, open_index,
+                     parse_since)
 
 if TYPE_CHECKING:
     from mcp.server.fastmcp import FastMCP
@@ -263,7 +264,7 @@ class FailureTools:
             budget = max(MIN_DIAGNOSIS_CHARS, budget * self.max_chars // len(text) - 200)  # JSON escaping took it
         return self._fit_fields(answer, ("markdown",))
 
-    def fix_effect(self, fingerprint: str, min_runs: int = 30) -> str:
+    def fix_effect(self, fingerprint: str, min_runs: int = FIX_MIN_RUNS) -> str:
         index = self._require_index("fix to assess")
         effect = _plain(index.fix_effect(fingerprint, min_runs=min_runs))
         effects = effect.pop("effects", [])
@@ -409,7 +410,8 @@ def build_server(db: str | None = None, *, max_chars: int = DEFAULT_MAX_CHARS, h
         return await run(tools.diagnose_failure, fingerprint=fingerprint, budget_chars=budget_chars)
 
     async def fix_effect(fingerprint: Fingerprint, min_runs: Annotated[int, Field(
-            ge=1, description="Runs needed on each side before a verdict other than too_early.")] = 30) -> str:
+            ge=1, description="Runs needed since the fix before a verdict other than too_early.")] = FIX_MIN_RUNS
+                         ) -> str:
         return await run(tools.fix_effect, fingerprint=fingerprint, min_runs=min_runs)
 
     async def record_resolution(fingerprint: Fingerprint,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import semconv
 from ..scrub import Limits
+from .advice import FIX_MIN_RUNS
 from .diagnosis import MIN_DIAGNOSIS_CHARS
 from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern, Resolution, ResolutionEffect,
                      RunRate, Stats, VersionStats)
@@ -46,6 +47,6 @@ def open_index(url_or_path: str | os.PathLike[str] | None = None, *, create: boo
     return FailureIndex(index_path(url_or_path), create=create, limits=limits)
 
 
-__all__ = ["MIN_DIAGNOSIS_CHARS", "Advice", "Diagnosis", "Evidence", "FailureIndex", "FailureIndexError", "FixEffect",
-           "NodeStats", "Pattern", "Resolution", "ResolutionEffect", "RunRate", "Stats", "VersionStats",
-           "default_location", "index_path", "open_index", "parse_since"]
+__all__ = ["FIX_MIN_RUNS", "MIN_DIAGNOSIS_CHARS", "Advice", "Diagnosis", "Evidence", "FailureIndex",
+           "FailureIndexError", "FixEffect", "NodeStats", "Pattern", "Resolution", "ResolutionEffect", "RunRate",
+           "Stats", "VersionStats", "default_location", "index_path", "open_index", "parse_since"]
