@@ -43,7 +43,7 @@ class FailureKind(str, Enum):
 class JudgeFeedback(BaseModel):
     """One judge verdict: one per attempt/iteration, full text where Hive gives it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     attempt: int
     action: str  # ACCEPT | RETRY | ESCALATE
@@ -54,7 +54,7 @@ class JudgeFeedback(BaseModel):
 class ToolCallAttempt(BaseModel):
     """A tool call the agent tried before failing."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     tool_name: str
     arguments: Any = None
@@ -77,7 +77,7 @@ class FailureRecord(BaseModel):
     items and total size with a truncation marker.
     """
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+    model_config = ConfigDict(extra="forbid", use_enum_values=True, defer_build=True)
 
     failure_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     session_id: str | None = None
@@ -108,7 +108,7 @@ class FailureRecord(BaseModel):
 class RunOutcome(BaseModel):
     """One run (session) of an agent, failed or not, so rates can be computed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     session_id: str
     agent_id: str | None = None

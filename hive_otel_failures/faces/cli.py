@@ -13,11 +13,9 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from importlib.metadata import PackageNotFoundError, version as distribution_version
-from typing import Annotated, Any, NoReturn, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
-from pydantic import BaseModel
 from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
@@ -26,9 +24,9 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from ..fingerprint import with_version
-from ..index import FailureIndex, FailureIndexError, Pattern, index_path, open_index
-from ..record import FailureRecord
+if TYPE_CHECKING:  # the index (pydantic, SQL) is imported by the commands that use it: --help stays fast
+    from ..index import FailureIndex, Pattern
+    from ..record import FailureRecord
 
 try:  # typer >= 0.22 carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -78,6 +76,8 @@ T = TypeVar("T")
 
 
 def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as distribution_version
+
     try:
         return distribution_version("hive-otel-failures")
     except PackageNotFoundError:  # run from a source tree that was never installed
@@ -118,6 +118,8 @@ def _fail(message: str, code: int, as_json: bool, *, candidates: Sequence[str] |
 
 @contextmanager
 def _index(db: str | None, as_json: bool = False, *, create: bool = False) -> Iterator[FailureIndex]:
+    from ..index import FailureIndexError, open_index
+
     try:
         index = open_index(db, create=create)
     except FailureIndexError as exc:
@@ -147,6 +149,8 @@ def _failure_line(r: FailureRecord) -> str:
 
 
 def _find_failure(index: FailureIndex, failure_id: str, as_json: bool) -> FailureRecord:
+    from ..index import FailureIndexError
+
     try:
         record = index.get(failure_id)
     except FailureIndexError as exc:  # an ambiguous prefix, or an index that cannot be read
@@ -172,6 +176,8 @@ def _find_failure(index: FailureIndex, failure_id: str, as_json: bool) -> Failur
 
 def _patterns_starting(index: FailureIndex, fingerprint: str) -> list[Pattern]:
     """Patterns whose fingerprint starts with ``fingerprint``, or with ``v1:fingerprint`` when it names no version."""
+    from ..fingerprint import with_version
+
     starts = (fingerprint, with_version(fingerprint))
     return [p for p in index.patterns(limit=_PATTERN_SCAN) if p.fingerprint.startswith(starts)]
 
@@ -182,6 +188,8 @@ def _with_pattern(index: FailureIndex, fingerprint: str, as_json: bool, call: Ca
     The index answers exact fingerprints and unique prefixes; only when it finds no single pattern
     does the CLI look further: without the version, or to say why (none: 1, several: 2).
     """
+    from ..index import FailureIndexError
+
     try:
         return call(fingerprint)
     except FailureIndexError as exc:
@@ -209,6 +217,8 @@ def _ambiguous(what: str, noun: str, ids: Sequence[str], lines: Sequence[str], a
 
 # --- output -------------------------------------------------------------------------------------
 def _emit_json(value: Any) -> None:
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         data = value.model_dump(mode="json")
     elif isinstance(value, list):
@@ -470,6 +480,8 @@ def queen_uninstall() -> None:
 @app.command()
 def migrate(db: Db = None) -> None:
     """Upgrade an index to this version's schema. Readers never do; at 1M failures it takes about half a minute."""
+    from ..index import FailureIndexError, index_path
+
     try:
         if not index_path(db).exists():
             raise FailureIndexError(f"no failure index at {index_path(db)} (set HIVE_FAILURES_DB or pass --db)")

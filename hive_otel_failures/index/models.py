@@ -5,10 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
-class Pattern(BaseModel):
+class _Answer(BaseModel):
+    # Validators are built on first use: a CLI query pays for the models it returns, not all of them.
+    model_config = ConfigDict(defer_build=True)
+
+
+class Pattern(_Answer):
     """Failures that share a fingerprint, with what was done about them."""
 
     fingerprint: str
@@ -29,13 +34,13 @@ class Pattern(BaseModel):
     recurred_after_resolution: bool = False
 
 
-class NodeStats(BaseModel):
+class NodeStats(_Answer):
     node_id: str | None
     failures: int
     sessions: int
 
 
-class VersionStats(BaseModel):
+class VersionStats(_Answer):
     """One agent version's runs and failures: the view that shows whether a change helped."""
 
     agent_id: str | None
@@ -47,7 +52,7 @@ class VersionStats(BaseModel):
     failures: int
 
 
-class Stats(BaseModel):
+class Stats(_Answer):
     """Run and failure counts over a window: the denominators behind every rate."""
 
     agent_id: str | None
@@ -63,7 +68,7 @@ class Stats(BaseModel):
     by_version: list[VersionStats] = []
 
 
-class Resolution(BaseModel):
+class Resolution(_Answer):
     fingerprint: str
     resolved_at: datetime
     resolution: str
@@ -71,7 +76,7 @@ class Resolution(BaseModel):
     agent_version: str | None
 
 
-class RunRate(BaseModel):
+class RunRate(_Answer):
     """How often a pattern hit an agent's runs over a span of versions or time."""
 
     versions: list[str]
@@ -80,7 +85,7 @@ class RunRate(BaseModel):
     rate: float | None  # sessions / runs; None without runs
 
 
-class ResolutionEffect(BaseModel):
+class ResolutionEffect(_Answer):
     """Did one resolution help: the pattern's rate per run before it and from its version on."""
 
     resolution: Resolution
@@ -92,13 +97,13 @@ class ResolutionEffect(BaseModel):
     reason: str
 
 
-class FixEffect(BaseModel):
+class FixEffect(_Answer):
     fingerprint: str
     agent_id: str | None
     effects: list[ResolutionEffect]  # one per resolution, oldest first
 
 
-class Evidence(BaseModel):
+class Evidence(_Answer):
     """What an advice rests on, in the window it was computed over."""
 
     window_start: datetime
@@ -122,7 +127,7 @@ class Evidence(BaseModel):
 Trigger = Literal["recurring", "blocking", "hard_constraint", "declining_success", "regressed"]
 
 
-class Advice(BaseModel):
+class Advice(_Answer):
     """A pattern that warrants changing the agent (``evolve``) or a human (``human``), and why."""
 
     fingerprint: str
@@ -137,7 +142,7 @@ class Advice(BaseModel):
     evidence: Evidence
 
 
-class Diagnosis(BaseModel):
+class Diagnosis(_Answer):
     """What a coding agent needs to change an agent for one pattern, fitted to a size budget."""
 
     fingerprint: str
