@@ -35,7 +35,9 @@ class FailureKind(str, Enum):
     STALLED = "stalled"  # the model repeated itself; Hive's stall detector fired
     DOOM_LOOP = "doom_loop"  # the same failing tool call, turn after turn
     JUDGE_ESCALATED = "judge_escalated"  # the judge gave up on the output
-    CONSTRAINT_VIOLATED = "constraint_violated"  # a goal constraint was broken
+    CONSTRAINT_VIOLATED = "constraint_violated"  # a hard constraint was broken: the run failed
+    SOFT_CONSTRAINT_VIOLATED = "soft_constraint_violated"  # a soft constraint was broken: the run still succeeded
+    CRITERIA_UNMET = "criteria_unmet"  # the goal's success criteria were not met, whatever Hive reported
     TIMEOUT = "timeout"  # a run or worker hit its time limit
     ESCALATED = "escalated"  # the agent asked for a human
 

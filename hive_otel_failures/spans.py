@@ -17,15 +17,19 @@ _warned = False
 
 
 
-def record_failure(record: FailureRecord, span: Span | None = None) -> FailureRecord:
+def record_failure(record: FailureRecord, span: Span | None = None, *, set_error: bool = True) -> FailureRecord:
     """Put ``record`` on ``span`` (default: the current span) as a ``hive.failure`` event.
 
-    Also sets status ERROR and ``error.type``. The record is prepared first (scrubbed,
-    capped, fingerprinted; a naive timestamp is UTC and every timestamp is clamped to
-    [1970-01-01T00:00:00Z, 2262-04-11T23:47:16Z], see ``prepare``) and trace/span ids are
-    filled from the span. Returns the prepared record. Never raises: a problem here is
-    logged once, and marked on the span (status ERROR, a ``hive.failure.unrecorded`` event)
-    so that the index processor counts it in ``stats().errors``; the caller carries on.
+    Also sets status ERROR and ``error.type``, unless ``set_error`` is False: a failure that
+    does not fail its step (a soft constraint violation). The index processor reads such an
+    event only from this package's instrumentation spans and from spans whose status is set.
+
+    The record is prepared first (scrubbed, capped, fingerprinted; a naive timestamp is UTC
+    and every timestamp is clamped to [1970-01-01T00:00:00Z, 2262-04-11T23:47:16Z], see
+    ``prepare``) and trace/span ids are filled from the span. Returns the prepared record.
+    Never raises: a problem here is logged once, and marked on the span (status ERROR, a
+    ``hive.failure.unrecorded`` event) so that the index processor counts it in
+    ``stats().errors``; the caller carries on.
     """
     global _warned
     added = False
@@ -47,8 +51,9 @@ def record_failure(record: FailureRecord, span: Span | None = None) -> FailureRe
         attributes[semconv.FAILURE_PREPARED] = True
         span.add_event(semconv.FAILURE_EVENT, attributes, timestamp=time_ns(prepared.timestamp))
         added = True
-        span.set_attribute(semconv.ERROR_TYPE, prepared.error_type)
-        span.set_status(Status(StatusCode.ERROR, prepared.error_message[:512]))
+        if set_error:
+            span.set_attribute(semconv.ERROR_TYPE, prepared.error_type)
+            span.set_status(Status(StatusCode.ERROR, prepared.error_message[:512]))
         return prepared
     except Exception as exc:  # noqa: BLE001 - recording a failure must never cause one
         if not _warned:
