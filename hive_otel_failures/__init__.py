@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .bootstrap import Handle, configure
+    from .conditions import condition_stats, register_condition
     from .index import (Advice, Diagnosis, FailureIndex, FailureIndexError, FixEffect, Pattern, Resolution, Stats,
                         open_index)
     from .processor import FailureIndexProcessor, ProcessorStats
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Handle": ".bootstrap", "configure": ".bootstrap",
+    "condition_stats": ".conditions", "register_condition": ".conditions",
     "Advice": ".index", "Diagnosis": ".index", "FailureIndex": ".index", "FailureIndexError": ".index",
     "FixEffect": ".index", "Pattern": ".index", "Resolution": ".index", "Stats": ".index", "open_index": ".index",
     "FailureIndexProcessor": ".processor", "ProcessorStats": ".processor",
@@ -69,5 +71,6 @@ def instrument(**configure_kwargs: object) -> Handle:
 __all__ = [
     "Advice", "Diagnosis", "FailureIndex", "FailureIndexError", "FailureIndexProcessor", "FailureKind", "FailureRecord",
     "FixEffect", "Handle", "JudgeFeedback", "Pattern", "ProcessorStats", "Resolution", "RunOutcome", "Stats",
-    "ToolCallAttempt", "configure", "instrument", "open_index", "record_failure", "record_run",
+    "ToolCallAttempt", "condition_stats", "configure", "instrument", "open_index", "record_failure", "record_run",
+    "register_condition",
 ]

@@ -12,7 +12,7 @@ functions and methods, no dunder or private attribute, no import, and bounded co
 under the ``hive_failures.conditions`` entry-point group. ``llm_judge`` is left to Hive's judge.
 
 No Hive import: a Goal is read by its attribute names. Nothing here raises into the agent: a
-condition that cannot be checked is logged once, counted in ``stats()``, and does not count
+condition that cannot be checked is logged once, counted in ``condition_stats()``, and does not count
 as violated.
 """
 
@@ -352,7 +352,7 @@ _evaluated = _violated = _errors = 0
 _warned: set[str] = set()
 
 
-def stats() -> ConditionStats:
+def condition_stats() -> ConditionStats:
     """Counters for this process: checks evaluated, violated, and broken (errors)."""
     return ConditionStats(evaluated=_evaluated, violated=_violated, errors=_errors)
 
@@ -365,7 +365,7 @@ def _broken(key: str, message: str) -> None:
         first = key not in _warned
         _warned.add(key)
     if first:
-        _log.warning("hive-failures: %s (counted in conditions.stats().errors; the agent is not affected)", message)
+        _log.warning("hive-failures: %s (counted in condition_stats().errors; the agent is not affected)", message)
 
 
 def _timeout() -> float:

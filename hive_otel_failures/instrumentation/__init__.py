@@ -11,6 +11,11 @@ The only module that imports ``framework.*``. Hooks, all undone by ``uninstrumen
 - ``EventBus.publish``                -> degradation signals as span events (every bus, once)
 - ``DecisionTracker.start_run``       -> Hive's log trace_id := the OTel trace id
 
+When a node, a graph run, a colony worker or an outermost agent loop ends, the Goal's
+constraints and success criteria and the user's conditions are checked on what it produced
+(``conditions.py``): a hard violation or an unmet criterion fails the run, a soft violation is
+recorded and the run stays a success.
+
 Wrappers only build records and add span events; the index processor does all I/O.
 """
 
@@ -19,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 from collections.abc import Collection
 from datetime import datetime, timezone
-from time import time_ns
+from time import monotonic, time_ns
 from typing import Any
 
 from opentelemetry import context, trace
@@ -30,13 +36,16 @@ from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
 from wrapt import wrap_function_wrapper
 
-from .. import semconv
+from .. import conditions, semconv
+from ..conditions import ConditionSet, Step, Violation
 from ..export import export_content_enabled
+from ..fingerprint import fingerprint
 from ..record import FailureKind, RunOutcome
 from ..scrub import Limits, cap_text, safe_text
 from ..spans import record_failure, record_run
 from .package import _instruments
-from .scopes import Definition, RunScope, UnitScope, current_run, current_unit, format_traceback, qualified_name
+from .scopes import (MAX_TOOL_NAMES, Definition, RunScope, UnitScope, current_run, current_unit, format_traceback,
+                     qualified_name)
 
 _log = logging.getLogger(__name__)
 
@@ -120,10 +129,84 @@ class _Active:
         self.span.end()
 
 
-def _record(span: Span, unit: UnitScope, **fields: Any) -> None:
+def _record(span: Span, unit: UnitScope, *, set_error: bool = True, **fields: Any) -> None:
     """Build the unit's FailureRecord and put it on the span, unless nobody records the span."""
     if span.is_recording():
-        record_failure(unit.failure(**fields), span)
+        record_failure(unit.failure(**fields), span, set_error=set_error)
+
+
+def _violation_kind(violation: Violation) -> FailureKind:
+    return FailureKind.CONSTRAINT_VIOLATED if violation.condition.hard else FailureKind.SOFT_CONSTRAINT_VIOLATED
+
+
+def _record_violations(span: Span, unit: UnitScope, constraints: list[Violation], criteria: list[Violation],
+                       step: Step, memory: Any) -> tuple[int, str | None]:
+    """One record per violated constraint, one for the unmet criteria; what fails the run: (count, error type).
+
+    Grouped by condition (the fingerprint ignores the observed values); a violation is
+    systematic, never transient. The values the check read go with the step's input into
+    ``input_context``, which stays in the local index unless content export is on.
+    """
+    failing, first = 0, None
+    for violation in constraints:
+        condition, kind = violation.condition, _violation_kind(violation)
+        error_type = f"hive.{kind.value}"
+        severity = "hard" if condition.hard else "soft"
+        _record(span, unit, set_error=condition.hard, kind=kind, error_type=error_type,
+                error_message=f"{severity} constraint {condition.id} ({condition.category}) violated: "
+                              f"{violation.check_text}",
+                memory_snapshot=memory, constraints_violated=[condition.id], transient=False,
+                input_context={"input": step.input, "observed": violation.observed},
+                fingerprint=fingerprint(agent_id=unit.agent_id, node_id=unit.node_id, error_type=error_type,
+                                        message=condition.id))
+        if condition.hard:
+            failing, first = failing + 1, first or error_type
+    if criteria:
+        ids = [v.condition.id for v in criteria]
+        error_type = f"hive.{FailureKind.CRITERIA_UNMET.value}"
+        _record(span, unit, kind=FailureKind.CRITERIA_UNMET, error_type=error_type,
+                error_message="success criteria not met: " + "; ".join(f"{v.condition.id} ({v.check_text})"
+                                                                      for v in criteria),
+                memory_snapshot=memory, criteria_unmet=ids, transient=False,
+                input_context={"input": step.input, "observed": {v.condition.id: v.observed for v in criteria}},
+                fingerprint=fingerprint(agent_id=unit.agent_id, node_id=unit.node_id, error_type=error_type,
+                                        message=" ".join(sorted(ids))))
+        failing, first = failing + 1, first or error_type
+    return failing, first
+
+
+def _read_memory(buffer: Any) -> Any:
+    memory = None
+    with _guard("buffer snapshot"):
+        memory = buffer.read_all() if buffer is not None else None
+    return memory
+
+
+def _agent_conditions(span: Span, unit: UnitScope, conditions: ConditionSet, step: Step, *,
+                      check_criteria: bool) -> tuple[list[Violation], int]:
+    """Check and record an agent's (a worker's, an outermost loop's) conditions: its violations, and how
+    many records fail its run."""
+    violations = conditions.check_constraints(step)
+    criteria = conditions.check_criteria(step) if check_criteria else []
+    return violations, _record_violations(span, unit, violations, criteria, step, None)[0]
+
+
+async def _publish_violations(bus: Any, violations: list[Violation], *, stream_id: Any, execution_id: Any,
+                              node_id: Any) -> None:
+    """Hive's CONSTRAINT_VIOLATION, which Hive itself never publishes, for its own consumers (the Queen)."""
+    if bus is None or not violations:
+        return
+    with _guard("publish violation"):
+        from framework.host.event_bus import AgentEvent, EventType
+
+        for violation in violations:
+            condition = violation.condition
+            await bus.publish(AgentEvent(
+                type=EventType.CONSTRAINT_VIOLATION, stream_id=str(stream_id or ""), node_id=node_id,
+                execution_id=str(execution_id or "") or None,
+                data={"constraint_id": condition.id, "description": condition.description or violation.check_text,
+                      "severity": "hard" if condition.hard else "soft", "category": condition.category,
+                      "check": violation.check_text}))
 
 
 def _record_exception(span: Span, exc: BaseException) -> None:
@@ -266,6 +349,8 @@ class _Hooks:
         self.tracer = tracer
         self.export_content = export_content_enabled()  # tool arguments on spans only when opted in
         self.log_context = _hive_log_context()
+        self.publish_violations = os.environ.get(semconv.ENV_PUBLISH_VIOLATIONS, "").strip().lower() in (
+            "1", "true", "yes", "on")
 
     def active(self, name: str, attributes: dict[str, Any] | None = None, unit: UnitScope | None = None, *,
                bind_logs: bool = True) -> _Active:
@@ -284,7 +369,10 @@ class _Hooks:
             if callable(getter):
                 session_id = getter() or ""
             session_id = session_id or str(getattr(instance, "_execution_id", "") or getattr(instance, "_run_id", ""))
-            run = RunScope(agent_id=str(getattr(graph, "id", "graph")), session_id=session_id, definition=definition)
+            run = RunScope(agent_id=str(getattr(graph, "id", "graph")), session_id=session_id, definition=definition,
+                           conditions=ConditionSet(goal, str(getattr(graph, "id", "graph"))),
+                           input_data=args[2] if len(args) > 2 else kwargs.get("input_data"), started=monotonic(),
+                           event_bus=getattr(instance, "_event_bus", None))
         attributes: dict[str, Any] = {}
         with _guard("workflow attributes"):
             if run:
@@ -307,12 +395,18 @@ class _Hooks:
             finally:
                 if token is not None:
                     current_run.reset(token)
+            violations: list[Violation] = []
             with _guard("workflow end"):
                 if run:
-                    self._finish_workflow(span, run, result, None)
+                    violations = self._finish_workflow(span, run, result, None)
+            if violations and self.publish_violations and run:
+                await _publish_violations(run.event_bus, violations, stream_id=getattr(instance, "_stream_id", ""),
+                                          execution_id=getattr(instance, "_execution_id", ""), node_id=None)
             return result
 
-    def _finish_workflow(self, span: Span, run: RunScope, result: Any, exc: BaseException | None) -> None:
+    def _finish_workflow(self, span: Span, run: RunScope, result: Any, exc: BaseException | None) -> list[Violation]:
+        """Record the run's outcome (and a failure no node owns); check its conditions. Returns the
+        constraint violations recorded here."""
         success = exc is None and bool(getattr(result, "success", False))
         if not success:
             error = str(exc) if exc is not None else str(getattr(result, "error", "") or "execution failed")
@@ -325,10 +419,40 @@ class _Hooks:
                 run.failures += 1
                 run.first_error_type = run.first_error_type or error_type
             _fail_span(span, run.first_error_type or "hive.execution_failed", error)
+        violations: list[Violation] = []
+        if result is not None and run.conditions:
+            violations = self._run_conditions(span, run, run.conditions, result, check_criteria=success)
+        if success and run.condition_failures:  # Hive says success; the goal's conditions say otherwise
+            success = False
+            _fail_span(span, run.condition_error_type or "hive.constraint_violated",
+                       "the run broke its goal's hard constraints or missed its success criteria")
         quality = getattr(result, "execution_quality", None) if result is not None else "failed"
         record_run(RunOutcome(session_id=run.session_id, agent_id=run.agent_id, agent_version=run.definition.version,
                               success=success, quality=str(quality) if quality else None,
-                              failures=run.failures), span)
+                              failures=run.failures + run.condition_failures), span)
+        return violations
+
+    def _run_conditions(self, span: Span, run: RunScope, conditions: ConditionSet, result: Any, *,
+                        check_criteria: bool) -> list[Violation]:
+        """The run-level check: constraints no node broke yet, and (if Hive says success) the criteria."""
+        state = getattr(result, "session_state", None)
+        memory = state.get("data_buffer") if isinstance(state, dict) else None
+        step = Step(output=getattr(result, "output", None), memory=memory, input=run.input_data,
+                    tokens=getattr(result, "total_tokens", None), tool_calls=run.tool_names,
+                    duration_s=monotonic() - run.started)
+        constraints = conditions.check_constraints(step, skip=run.violated)
+        criteria = conditions.check_criteria(step) if check_criteria else []
+        unit = UnitScope(agent_id=run.agent_id, node_id=None, session_id=run.session_id, definition=run.definition,
+                         input_context=run.input_data)
+        self._count_violations(run, *_record_violations(span, unit, constraints, criteria, step, memory),
+                               constraints)
+        return constraints
+
+    @staticmethod
+    def _count_violations(run: RunScope, failing: int, error_type: str | None, constraints: list[Violation]) -> None:
+        run.violated.update(v.condition.id for v in constraints)
+        run.condition_failures += failing
+        run.condition_error_type = run.condition_error_type or error_type
 
     async def node_with_retries(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         node_impl = args[0] if args else kwargs.get("node_impl")
@@ -342,6 +466,7 @@ class _Hooks:
         if run:
             attributes[semconv.GEN_AI_AGENT_ID] = run.agent_id
         attempts = _Attempts(self.tracer, node_impl, f"hive.node {node_id}", attributes, unit)
+        started = monotonic()
         token = current_unit.set(unit)
         try:
             result = await wrapped(*args, **kwargs)
@@ -350,19 +475,36 @@ class _Hooks:
             raise
         finally:
             current_unit.reset(token)
+        # The whole data buffer (the node's ctx.buffer only shows its input keys).
+        buffer = getattr(getattr(instance, "_gc", None), "buffer", None) or getattr(ctx, "buffer", None)
         with _guard("node end"):
             if not getattr(result, "success", True):
-                # The whole data buffer (the node's ctx.buffer only shows its input keys).
-                buffer = getattr(getattr(instance, "_gc", None), "buffer", None) or getattr(ctx, "buffer", None)
                 self._node_failed(attempts.last_span(), unit, run, buffer, result)
+        violations: list[Violation] = []
+        with _guard("node conditions"):
+            if run is not None and run.conditions:
+                violations = self._node_conditions(attempts.last_span(), unit, run, run.conditions, buffer, result,
+                                                   monotonic() - started)
         attempts.close()
+        if violations and self.publish_violations and run is not None:
+            await _publish_violations(run.event_bus, violations, stream_id=getattr(ctx, "stream_id", ""),
+                                      execution_id=getattr(ctx, "execution_id", ""), node_id=node_id)
         return result
+
+    def _node_conditions(self, span: Span, unit: UnitScope, run: RunScope, conditions: ConditionSet, buffer: Any,
+                         result: Any, duration_s: float) -> list[Violation]:
+        """The constraints this node's output breaks first in the run: the node is what broke them."""
+        run.tool_names += unit.tool_names[:MAX_TOOL_NAMES - len(run.tool_names)]
+        memory = _read_memory(buffer)
+        step = Step(output=getattr(result, "output", None), memory=memory, input=unit.input_context,
+                    tokens=getattr(result, "tokens_used", None), tool_calls=unit.tool_names, duration_s=duration_s)
+        constraints = conditions.check_constraints(step, skip=run.violated)
+        self._count_violations(run, *_record_violations(span, unit, constraints, [], step, memory), constraints)
+        return constraints
 
     def _node_failed(self, span: Span, unit: UnitScope, run: RunScope | None, buffer: Any, result: Any) -> None:
         error = str(getattr(result, "error", "") or "node failed")
-        memory = None
-        with _guard("buffer snapshot"):
-            memory = buffer.read_all() if buffer is not None else None
+        memory = _read_memory(buffer)
         if unit.exception is not None:
             kind, error_type, message = FailureKind.EXCEPTION, qualified_name(unit.exception), str(unit.exception)
         else:
@@ -377,13 +519,14 @@ class _Hooks:
 
     # --- current runtime -----------------------------------------------------------------------
     async def worker_run(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        unit = info = None
+        unit = info = ctx = conditions = None
         with _guard("worker start"):
             ctx = getattr(instance, "_context", None)
             info = _agent_info(ctx)
             info["session_id"] = info["session_id"] or str(getattr(instance, "id", ""))
             unit = _agent_unit(info, {"task": getattr(instance, "task", None),
                                       "input_data": getattr(ctx, "input_data", None)})
+            conditions = ConditionSet(getattr(ctx, "goal", None), info["agent_id"])
         name = (info or {}).get("name") or "worker"
         attributes: dict[str, Any] = {}
         with _guard("worker attributes"):
@@ -401,18 +544,31 @@ class _Hooks:
                                 error_message=str(exc))
                         self._run_outcome(span, unit, success=False, quality="crashed", failures=1)
                 raise
+            violations: list[Violation] = []
             with _guard("worker end"):
                 if unit:
-                    self._worker_done(span, unit, result)
+                    violations = self._worker_done(span, unit, result, conditions, getattr(ctx, "input_data", None))
+            if violations and self.publish_violations:
+                await _publish_violations(getattr(instance, "_event_bus", None), violations,
+                                          stream_id=getattr(ctx, "stream_id", ""),
+                                          execution_id=getattr(ctx, "execution_id", ""), node_id=None)
             return result
 
-    def _worker_done(self, span: Span, unit: UnitScope, result: Any) -> None:
+    def _worker_done(self, span: Span, unit: UnitScope, result: Any, conditions: ConditionSet | None,
+                     step_input: Any) -> list[Violation]:
+        """The worker's run outcome, its failure if Hive failed it, and its conditions' violations (returned)."""
         status = str(getattr(result, "status", "") or "")
         span.set_attribute(semconv.HIVE_WORKER_STATUS, status)
         failed_kind = _FAILED_WORKER_STATUSES.get(status)
+        violations, failing = [], 0
+        if conditions:  # what a worker hands back is its report's data and its loop's output
+            output = {**(getattr(result, "data", None) or {}), **(getattr(result, "output", None) or {})}
+            step = Step(output=output, input=step_input, tokens=getattr(result, "tokens_used", None),
+                        tool_calls=unit.tool_names, duration_s=getattr(result, "duration_seconds", None))
+            violations, failing = _agent_conditions(span, unit, conditions, step, check_criteria=failed_kind is None)
         if failed_kind is None:
-            self._run_outcome(span, unit, success=True, quality=status or None, failures=0)
-            return
+            self._run_outcome(span, unit, success=not failing, quality=status or None, failures=failing)
+            return violations
         message = str(getattr(result, "error", None) or getattr(result, "summary", None) or status)
         signal = unit.classify()
         if unit.exception is not None:
@@ -424,7 +580,8 @@ class _Hooks:
         else:
             kind, error_type = failed_kind, f"hive.{failed_kind.value}"
         _record(span, unit, kind=kind, error_type=error_type, error_message=message)
-        self._run_outcome(span, unit, success=False, quality=status, failures=1)
+        self._run_outcome(span, unit, success=False, quality=status, failures=1 + failing)
+        return violations
 
     def _run_outcome(self, span: Span, unit: UnitScope, *, success: bool, quality: str | None, failures: int) -> None:
         if unit.session_id and span.is_recording():
@@ -436,10 +593,13 @@ class _Hooks:
     async def agent_loop_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         info: dict[str, Any] = {}
         owner: UnitScope | None = None
+        conditions: ConditionSet | None = None
         with _guard("loop start"):
-            info = _agent_info(args[0] if args else kwargs.get("ctx"))
-            if current_unit.get() is None:  # nothing encloses this loop: it owns its failures
-                owner = _agent_unit(info, getattr(args[0] if args else kwargs.get("ctx"), "input_data", None))
+            ctx = args[0] if args else kwargs.get("ctx")
+            info = _agent_info(ctx)
+            if current_unit.get() is None:  # nothing encloses this loop: it owns its failures (and conditions)
+                owner = _agent_unit(info, getattr(ctx, "input_data", None))
+                conditions = ConditionSet(getattr(ctx, "goal", None), info["agent_id"])
         attributes: dict[str, Any] = {}
         with _guard("loop attributes"):
             attributes = _agent_attributes(info)
@@ -459,18 +619,34 @@ class _Hooks:
                                     error_message=str(exc))
                             self._run_outcome(span, owner, success=False, quality="crashed", failures=1)
                 raise
+            violations: list[Violation] = []
             with _guard("loop end"):
-                self._loop_done(span, owner, result)
+                violations = self._loop_done(span, owner, result, conditions)
+            if violations and self.publish_violations:
+                await _publish_violations(getattr(instance, "_event_bus", None), violations,
+                                          stream_id=info.get("stream_id"), execution_id=info.get("execution_id"),
+                                          node_id=None)
             return result
 
-    def _loop_done(self, span: Span, owner: UnitScope | None, result: Any) -> None:
+    def _loop_done(self, span: Span, owner: UnitScope | None, result: Any,
+                   conditions: ConditionSet | None) -> list[Violation]:
+        """The loop's outcome; for an outermost loop, its run outcome and its conditions' violations (returned)."""
         exit_reason = getattr(result, "exit_reason", None)
         if exit_reason:
             span.set_attribute(semconv.HIVE_EXIT_REASON, str(exit_reason))
-        if getattr(result, "success", True):
+        succeeded = bool(getattr(result, "success", True))
+        violations, failing = [], 0
+        if owner and conditions:
+            latency_ms = getattr(result, "latency_ms", None)
+            step = Step(output=getattr(result, "output", None), input=owner.input_context,
+                        tokens=getattr(result, "tokens_used", None), tool_calls=owner.tool_names,
+                        duration_s=latency_ms / 1000 if isinstance(latency_ms, (int, float)) else None)
+            violations, failing = _agent_conditions(span, owner, conditions, step, check_criteria=succeeded)
+        if succeeded:
             if owner:
-                self._run_outcome(span, owner, success=True, quality=str(exit_reason or "completed"), failures=0)
-            return
+                self._run_outcome(span, owner, success=not failing, quality=str(exit_reason or "completed"),
+                                  failures=failing)
+            return violations
         unit = owner or current_unit.get()
         message = str(getattr(result, "error", "") or exit_reason or "agent loop failed")
         signal = unit.classify() if unit else None
@@ -484,7 +660,8 @@ class _Hooks:
         _fail_span(span, error_type, message)
         if owner:
             _record(span, owner, kind=kind, error_type=error_type, error_message=message)
-            self._run_outcome(span, owner, success=False, quality=str(exit_reason or "failed"), failures=1)
+            self._run_outcome(span, owner, success=False, quality=str(exit_reason or "failed"), failures=1 + failing)
+        return violations
 
     async def execute_tool(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         tc = args[0] if args else kwargs.get("tc")
@@ -590,6 +767,7 @@ class HiveInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         tracer = trace.get_tracer(semconv.INSTRUMENTATION_SCOPE, tracer_provider=kwargs.get("tracer_provider"))
+        conditions.load_from_env()  # HIVE_FAILURES_CONDITIONS: a bad file is logged and counted, not raised
         hooks = _Hooks(tracer)
         wrappers = {
             ("Orchestrator", "execute"): hooks.orchestrator_execute,

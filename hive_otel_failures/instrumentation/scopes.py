@@ -15,9 +15,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..conditions import ConditionSet
 from ..record import FailureKind, FailureRecord, JudgeFeedback, ToolCallAttempt
 
 _MAX_ITEMS = 50  # judge verdicts / tool calls kept per unit; the newest win
+MAX_TOOL_NAMES = 10_000  # tool names kept per unit and run for conditions (``tool_calls``); the oldest win
 # Hive's Goal stamps itself with the time it was built: not part of what the agent is.
 _VOLATILE = frozenset({"created_at", "updated_at"})
 
@@ -48,6 +50,15 @@ class RunScope:
     definition: Definition
     failures: int = 0
     first_error_type: str | None = None
+    # Custom failure conditions: checked after each node and at the end, each recorded once per run.
+    conditions: ConditionSet | None = None
+    violated: set[str] = field(default_factory=set)  # ids of conditions already recorded in this run
+    condition_failures: int = 0  # records of hard violations and unmet criteria: each fails the run
+    condition_error_type: str | None = None
+    tool_names: list[str] = field(default_factory=list)
+    input_data: Any = None
+    started: float = 0.0  # time.monotonic()
+    event_bus: Any = None  # where CONSTRAINT_VIOLATION is published, when asked to
 
 
 @dataclass
@@ -66,6 +77,7 @@ class UnitScope:
     signals: dict[str, str] = field(default_factory=dict)  # FailureKind value -> Hive's reason
     exception: BaseException | None = None
     failures: int = 0
+    tool_names: list[str] = field(default_factory=list)  # every tool called, for conditions
 
     def add_judge(self, attempt: int, action: str, feedback: str, judge_type: str) -> None:
         self.judge.append((attempt, action, feedback, judge_type))
@@ -74,23 +86,29 @@ class UnitScope:
     def add_tool_call(self, name: str, arguments: Any, result: Any, is_error: bool) -> None:
         self.tool_calls.append((name, arguments, result, is_error))
         del self.tool_calls[:-_MAX_ITEMS]
+        if len(self.tool_names) < MAX_TOOL_NAMES:
+            self.tool_names.append(name)
 
     def failure(self, *, kind: FailureKind, error_type: str, error_message: str,
-                memory_snapshot: Any = None, attempts: int | None = None) -> FailureRecord:
-        """The FailureRecord for what this unit saw (raw values: record_failure scrubs them once)."""
+                memory_snapshot: Any = None, attempts: int | None = None, **fields: Any) -> FailureRecord:
+        """The FailureRecord for what this unit saw (raw values: record_failure scrubs them once).
+
+        ``fields`` sets other record fields (or replaces what the unit saw, e.g. ``input_context``).
+        """
         tb = format_traceback(self.exception) if self.exception is not None else None
-        return FailureRecord(
-            session_id=self.session_id, agent_id=self.agent_id, node_id=self.node_id, kind=kind,
-            error_type=error_type, error_message=error_message, traceback=tb,
-            attempts=attempts if attempts is not None else max(1, self.attempts),
-            judge_feedback=[JudgeFeedback(attempt=a, action=act, feedback=fb, judge_type=jt)
-                            for a, act, fb, jt in self.judge],
-            input_context=self.input_context, memory_snapshot=memory_snapshot,
-            graph_snapshot=self.definition.snapshot_parts() if self.definition else None,
-            tool_calls=[ToolCallAttempt(tool_name=n, arguments=a, result=None if r is None else str(r), is_error=e)
-                        for n, a, r, e in self.tool_calls],
-            agent_version=self.agent_version,
-        )
+        return FailureRecord(**{
+            "session_id": self.session_id, "agent_id": self.agent_id, "node_id": self.node_id, "kind": kind,
+            "error_type": error_type, "error_message": error_message, "traceback": tb,
+            "attempts": attempts if attempts is not None else max(1, self.attempts),
+            "judge_feedback": [JudgeFeedback(attempt=a, action=act, feedback=fb, judge_type=jt)
+                               for a, act, fb, jt in self.judge],
+            "input_context": self.input_context, "memory_snapshot": memory_snapshot,
+            "graph_snapshot": self.definition.snapshot_parts() if self.definition else None,
+            "tool_calls": [ToolCallAttempt(tool_name=n, arguments=a, result=None if r is None else str(r), is_error=e)
+                           for n, a, r, e in self.tool_calls],
+            "agent_version": self.agent_version,
+            **fields,
+        })
 
     @property
     def agent_version(self) -> str | None:
