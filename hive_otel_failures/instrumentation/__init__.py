@@ -495,8 +495,10 @@ class _Hooks:
                          result: Any, duration_s: float) -> list[Violation]:
         """The constraints this node's output breaks first in the run: the node is what broke them."""
         run.tool_names += unit.tool_names[:MAX_TOOL_NAMES - len(run.tool_names)]
-        memory = _read_memory(buffer)
-        step = Step(output=getattr(result, "output", None), memory=memory, input=unit.input_context,
+        output = getattr(result, "output", None)
+        # Memory as the node leaves it: Hive writes the node's output to the buffer only after this hook.
+        memory = {**(_read_memory(buffer) or {}), **(output if isinstance(output, dict) else {})}
+        step = Step(output=output, memory=memory, input=unit.input_context,
                     tokens=getattr(result, "tokens_used", None), tool_calls=unit.tool_names, duration_s=duration_s)
         constraints = conditions.check_constraints(step, skip=run.violated)
         self._count_violations(run, *_record_violations(span, unit, constraints, [], step, memory), constraints)
