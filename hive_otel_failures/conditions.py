@@ -205,11 +205,25 @@ def _references(node: ast.AST, bound: set[str]) -> list[ast.AST]:
     return found
 
 
+class _Evaluator(simpleeval.EvalWithCompoundTypes):
+    """simpleeval without its scan of each value an expression reads for modules and forbidden functions.
+
+    That scan walks the whole of ``memory`` or ``output`` on every read, so a check's cost grew
+    with the agent's data. What it guards against cannot happen here: compile_expression lets an
+    expression call only the whitelisted functions and methods, and ``allowed_attrs`` allows
+    attributes only on str, dict, list and tuple, so a module or function held in the data can
+    be read but neither called nor looked into.
+    """
+
+    def _check_disallowed_items(self, item: Any) -> None:
+        return None
+
+
 class _Evaluators(threading.local):
     """One simpleeval evaluator per thread: it keeps per-call state (names, comprehension scope)."""
 
     def __init__(self) -> None:
-        self.evaluator = simpleeval.EvalWithCompoundTypes(
+        self.evaluator = _Evaluator(
             operators=_OPERATORS, functions=dict(_FUNCTIONS), names={}, allowed_attrs=_ALLOWED_ATTRS)
         self.evaluator.ATTR_INDEX_FALLBACK = False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -475,3 +476,15 @@ def test_user_condition_on_tool_calls_and_memory() -> None:
     (violation,) = conditions_.check_constraints(Step(tool_calls=["get_user", "delete_user"], memory={}))
     assert violation.observed == {"tool_calls": ["get_user", "delete_user"], "memory.get('approved')": None}
     assert conditions_.check_constraints(Step(tool_calls=["delete_user"], memory={"approved": True})) == []
+
+
+def test_objects_in_the_data_can_be_read_but_not_called_or_looked_into() -> None:
+    with pytest.raises(ConditionError):
+        conditions.compile_expression("memory['os'].system('touch pwned')")
+    with pytest.raises(ConditionError):
+        conditions.compile_expression("memory['hook']()")
+    goal = refund_goal(Constraint(id="module_get", description="", constraint_type="hard",
+                                  check="memory['os'].get('environ') is None"))
+    before = hof.condition_stats()
+    assert ConditionSet(goal).check_constraints(Step(memory={"os": os})) == []  # refused while running
+    assert hof.condition_stats().errors == before.errors + 1
