@@ -457,6 +457,28 @@ def mcp(db: Db = None,
     serve(db, http=http, port=port)
 
 
+@app.command()
+def ingest(db: Db = None,
+           host: Annotated[str, typer.Option(
+               "--host", help="Address to listen on; off loopback HIVE_FAILURES_INGEST_TOKEN is required.")
+           ] = "127.0.0.1",
+           port: Annotated[int, typer.Option("--port", min=0, max=65535, help="OTLP/HTTP port.")] = 4318,
+           grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="OTLP/gRPC port.")] = 4317,
+           max_request_mib: Annotated[int, typer.Option(
+               "--max-request-mib", min=1, help="Largest request body accepted (compressed or not).")] = 16,
+           queue_size: Annotated[int, typer.Option(
+               "--queue-size", min=1, help="Records accepted but not yet committed; beyond, producers retry.")
+           ] = 20_000) -> None:
+    """Receive failures and run outcomes from many hosts over OTLP (HTTP and gRPC) into one index."""
+    from .ingest import IngestError, serve
+
+    try:
+        serve(db, host=host, port=port, grpc_port=grpc_port, max_request_bytes=max_request_mib * 1024 * 1024,
+              queue_records=queue_size)
+    except IngestError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT, False)
+
+
 queen = typer.Typer(help="Give Hive's Queen the failure tools.", no_args_is_help=True)
 app.add_typer(queen, name="queen")
 
