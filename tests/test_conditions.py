@@ -488,3 +488,38 @@ def test_objects_in_the_data_can_be_read_but_not_called_or_looked_into() -> None
     before = hof.condition_stats()
     assert ConditionSet(goal).check_constraints(Step(memory={"os": os})) == []  # refused while running
     assert hof.condition_stats().errors == before.errors + 1
+
+
+# --- an outermost agent loop (the Queen, a bare loop) ----------------------------------------------
+class AcceptingJudge:
+    """A custom judge (Hive's extension point) that accepts the first answer."""
+
+    async def evaluate(self, context):
+        from framework.agent_loop.internals.types import JudgeVerdict
+
+        return JudgeVerdict(action="ACCEPT", feedback="")
+
+
+def test_outermost_agent_loop_checks_its_goal(hive: Hive) -> None:
+    from framework.agent_loop.agent_loop import AgentLoop
+    from framework.agent_loop.internals.types import LoopConfig
+    from framework.agent_loop.types import AgentContext, AgentSpec
+
+    goal = colony_goal({"id": "token_budget", "description": "a cheap answer", "constraint_type": "hard",
+                        "category": "cost", "check": "tokens < 5"})
+    loop = AgentLoop(event_bus=EventBus(), judge=AcceptingJudge(), config=LoopConfig(max_iterations=3),
+                     tool_executor=hs.tool_reports_error)
+    spec = AgentSpec(id="answerer", name="Answerer", description="answers", system_prompt="Answer.",
+                     tools=["flaky_tool"])
+    llm = ScriptedLLM([("tool", "flaky_tool", {"q": "ACME"}), ("text", "ACME ordered 42 units.")])
+    ctx = AgentContext(runtime=None, agent_id="answerer", agent_spec=spec, llm=llm, available_tools=[hs.FLAKY_TOOL],
+                       stream_id="judge", execution_id="exec_answer", session_id="session_answer", goal=goal)
+    result = asyncio.run(asyncio.wait_for(loop.execute(ctx), timeout=20))
+    assert result.success is True
+
+    (record,) = hive.records()
+    assert (record.kind, record.agent_id, record.constraints_violated) == (
+        "constraint_violated", "answerer", ["token_budget"])
+    assert record.input_context["observed"]["tokens"] == result.tokens_used
+    assert hive.span("invoke_agent Answerer").status.status_code is StatusCode.ERROR
+    assert run_outcomes(hive) == (1, 1)
