@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -235,7 +235,7 @@ class Records:
 
     spans: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
-    runs: list[tuple[RunKey, RunOutcome]] = field(default_factory=list)
+    runs: list[tuple[RunKey | None, RunOutcome]] = field(default_factory=list)  # None: a span without ids
     invalid: int = 0
     first_error: str | None = None
 
@@ -272,7 +272,7 @@ def records_from_request(request: ExportTraceServiceRequest, limits: Limits) -> 
                             out.invalid += 1
                             out.first_error = out.first_error or f"a hive.run event is not a run outcome: {exc!r}"
                         else:
-                            out.runs.append(((trace_id or "", span_id or ""), outcome))
+                            out.runs.append(((trace_id, span_id) if trace_id and span_id else None, outcome))
     return out
 
 
@@ -391,7 +391,7 @@ class _Writer:
         self.lock = lock  # guards stats, shared with the servers
         self.capacity = capacity
         self.cond = threading.Condition()
-        self.queue: list[_Pending] = []
+        self.queue: deque[_Pending] = deque()
         self.queued = 0  # records in self.queue
         self.closing = False
         self.rate = 0.0  # records committed per second, smoothed: sizes Retry-After
@@ -448,7 +448,7 @@ class _Writer:
                     return
                 taken, size = [], 0
                 while self.queue and (not taken or size + len(self.queue[0].records) <= MAX_TRANSACTION_RECORDS):
-                    pending = self.queue.pop(0)
+                    pending = self.queue.popleft()
                     taken.append(pending)
                     size += len(pending.records)
             started = time.monotonic()
@@ -467,14 +467,15 @@ class _Writer:
     def _write(self, taken: Sequence[_Pending]) -> None:
         failures = [f for p in taken for f in p.records.failures]
         runs: list[RunOutcome] = []
-        keys: list[RunKey] = []
+        keys: set[RunKey] = set()
         run_duplicates = 0
         for p in taken:
             for key, outcome in p.records.runs:
-                if key in self.runs_seen or key in keys:
+                if key is not None and (key in self.runs_seen or key in keys):
                     run_duplicates += 1
                 else:
-                    keys.append(key)
+                    if key is not None:
+                        keys.add(key)
                     runs.append(outcome)
         try:
             added = self.index.add_prepared(failures, runs)
@@ -740,7 +741,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, message: str, code: int, *, as_json: bool | None = None,
                headers: Mapping[str, str] = {}) -> None:
-        """An OTLP error: a google.rpc.Status in the request's encoding (JSON unless protobuf), its message for people."""
+        """An OTLP error: a google.rpc.Status, in protobuf if the request was, else JSON; its message for people."""
         if as_json is None:
             as_json = self.headers.get("Content-Type", "").split(";")[0].strip().lower() not in _PROTOBUF_TYPES
         if as_json:
@@ -749,11 +750,15 @@ class _Handler(BaseHTTPRequestHandler):
             body = status_pb2.Status(code=code, message=message).SerializeToString()
             self._send(status, body, "application/x-protobuf", headers)
 
-    def _refuse_unread(self, status: int, message: str, code: int, headers: Mapping[str, str] = {}) -> None:
-        """Answer before the body was read: read it first if small enough, so the client gets the answer."""
+    def _refuse_unread(self, status: int, message: str, code: int, headers: Mapping[str, str] = {}, *,
+                       drain_limit: int | None = None) -> None:
+        """Answer before the body was read: read it first if small enough, so the client gets the answer.
+
+        A client that is still sending when the server closes may see a reset instead of the answer.
+        """
         length = self.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) <= _DRAIN_LIMIT and "100-continue" not in \
-                self.headers.get("Expect", "").lower():
+        limit = self.ingest.max_request_bytes if drain_limit is None else drain_limit
+        if length.isdigit() and int(length) <= limit and "100-continue" not in self.headers.get("Expect", "").lower():
             remaining = int(length)
             while remaining > 0:
                 chunk = self.rfile.read(min(remaining, 1 << 20))
@@ -793,7 +798,7 @@ class _Handler(BaseHTTPRequestHandler):
         what = f"of {size} bytes " if size is not None else ""
         message = f"the request body {what}exceeds {self.ingest.max_request_bytes} bytes"
         if drain:
-            self._refuse_unread(413, message, code_pb2.INVALID_ARGUMENT)
+            self._refuse_unread(413, message, code_pb2.INVALID_ARGUMENT, drain_limit=_DRAIN_LIMIT)
         else:
             self._error(413, message, code_pb2.INVALID_ARGUMENT)
 
