@@ -199,6 +199,25 @@ def test_a_run_recorded_again_is_counted_once_with_its_last_outcome(index: hof.F
     assert (stats.runs, stats.failed_runs) == (1, 1)
 
 
+def test_a_run_twice_in_one_batch_merges_as_in_two(index: hof.FailureIndex, tmp_path) -> None:
+    """The writer upserts a batch's runs in one statement: its rows must still merge one after the other."""
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    first = hof.RunOutcome(session_id="s1", agent_id="billing", agent_version="v1", success=True,
+                           started_at=t0, ended_at=t0 + timedelta(seconds=5))
+    again = hof.RunOutcome(session_id="s1", agent_id="billing", agent_version="v2", success=False, failures=1,
+                           started_at=t0 + timedelta(hours=2), ended_at=t0 + timedelta(hours=2, seconds=5))
+    other = hof.RunOutcome(session_id="s2", agent_id="billing", success=True, started_at=t0, ended_at=t0)
+    index.add(runs=[first, again, other])
+    with hof.open_index(tmp_path / "two-calls.db") as apart:
+        apart.add(runs=[first])
+        apart.add(runs=[again, other])
+        expected = [apart._conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4").fetchall()
+                    for t in ("runs", "run_counts")]
+    assert [index._conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4").fetchall()
+            for t in ("runs", "run_counts")] == expected
+    assert (index.stats().runs, index.stats().failed_runs) == (2, 1)
+
+
 GRAPH_SNAPSHOT = {
     "graph": {"id": "billing", "entry_node": "charge", "nodes": [
         {"id": "charge", "system_prompt": "Charge the customer's card.", "tools": ["stripe_charge"]}]},

@@ -46,26 +46,6 @@ def _sha256(text: str) -> str:
     return digest.hexdigest()
 
 
-def _insert_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
-    """Insert rows with one multi-row statement per chunk; returns how many were inserted.
-
-    executemany steps the statement once per row, and each step gives up the GIL: beside a
-    busy application thread the writer then waits for it again row after row. One step per
-    chunk keeps the writer going.
-    """
-    if not rows:
-        return 0
-    width = len(rows[0])
-    per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
-    one = "(" + ", ".join("?" * width) + ")"
-    inserted = 0
-    for start in range(0, len(rows), per):
-        chunk = rows[start:start + per]
-        statement = sql.format(", ".join([one] * len(chunk)))
-        inserted += conn.execute(statement, [value for row in chunk for value in row]).rowcount
-    return inserted
-
-
 def _open_sqlite(target: str, busy_timeout: float) -> sqlite3.Connection:
     """A connection that has read the file once (SQLite opens lazily), or the error that stopped it."""
     conn = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None, check_same_thread=False,
@@ -141,31 +121,8 @@ _FAILURE_COLUMNS = (
     "memory_snapshot_sha, graph_snapshot_sha, trace_id, span_id, agent_version, fingerprint, transient, "
     "evolution_triggered, resolution"
 )
-_UPSERT_PATTERN = """
-    INSERT INTO patterns (fingerprint, agent_id, node_id, error_type, kind, sample_message, transient,
-                          count, sessions, first_seen, last_seen)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (fingerprint) DO UPDATE SET
-        count = count + excluded.count,
-        sessions = sessions + excluded.sessions,
-        first_seen = min(first_seen, excluded.first_seen),
-        last_seen = max(last_seen, excluded.last_seen),
-        sample_message = CASE WHEN excluded.last_seen >= last_seen THEN excluded.sample_message ELSE sample_message END
-"""
-# A session has few failures: find a (pattern, session) pair through the session, not the pattern.
-_PAIR_STORED_BEFORE = ("SELECT 1 FROM failures INDEXED BY failures_session "
-                       "WHERE session_id IS ? AND fingerprint = ? AND rowid <= ? LIMIT 1")
-_UPSERT_COUNTS = """
-    INSERT INTO failure_counts (grain, bucket, fingerprint, agent_version, failures, sessions, first_ts, last_ts)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT DO UPDATE SET failures = failures + excluded.failures, sessions = sessions + excluded.sessions,
-                              first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts)
-"""
 DAY, HOUR = 86400, 3600
 _RESOLUTION_CHARS = 2000  # what was done, in a few sentences: advice and tools quote it whole
-_GRAINS = (DAY, HOUR)
-_KNOWN_PAIRS_MAX = 10_000
-_PATTERN_FROM_LATEST = ("agent_id", "node_id", "error_type", "kind", "error_message", "transient")
 _SELECT_FAILURE = f"""
     SELECT {", ".join("f." + c.strip() for c in _FAILURE_COLUMNS.split(","))},
            ic.content, ms.content, gs.content
@@ -174,10 +131,82 @@ _SELECT_FAILURE = f"""
     LEFT JOIN blobs ms ON ms.sha256 = f.memory_snapshot_sha
     LEFT JOIN blobs gs ON gs.sha256 = f.graph_snapshot_sha
 """
-_AT = {name.strip(): i for i, name in enumerate(_FAILURE_COLUMNS.split(","))}
-_INSERT_FAILURE = f"INSERT INTO failures ({_FAILURE_COLUMNS}) VALUES {{}} ON CONFLICT (failure_id) DO NOTHING"
 _P = semconv.FAILURE_PREFIX
 _KINDS = frozenset(k.value for k in FailureKind)
+
+# The writer hands SQLite a whole batch as JSON in one statement, and this trigger writes it:
+# blobs, failures (an id already stored is skipped), their patterns and hourly/daily counters,
+# run outcomes. Each SQLite call gives up the GIL, and beside a busy application thread every
+# hand-off costs the writer a switch interval (5 ms) to get it back; one statement per batch
+# keeps it writing. A session counts for a pattern on its first failure of that pattern in the
+# file (in the hour and day of that failure); the pattern shows its newest failure.
+_BATCH_SCHEMA = (
+    "CREATE TEMP TABLE IF NOT EXISTS batch_in (failures TEXT NOT NULL, blobs TEXT NOT NULL, runs TEXT NOT NULL)",
+    "CREATE TEMP TABLE IF NOT EXISTS batch_mark (stored_before INTEGER NOT NULL, added INTEGER)",
+    # The failures this batch added: whether each is its session's first of its pattern, and what
+    # the counters group by, so that nothing below reads the failures table twice.
+    """CREATE TEMP TABLE IF NOT EXISTS batch_fresh (id INTEGER PRIMARY KEY, first INTEGER NOT NULL,
+                                                   fingerprint TEXT NOT NULL, ts REAL NOT NULL, version TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS temp.batch_fresh_latest ON batch_fresh (fingerprint, ts DESC, id)",
+    f"""
+    CREATE TEMP TRIGGER IF NOT EXISTS batch_written AFTER INSERT ON batch_in BEGIN
+        DELETE FROM batch_mark;
+        DELETE FROM batch_fresh;
+        INSERT INTO batch_mark (stored_before) SELECT coalesce(max(rowid), 0) FROM failures;
+        INSERT OR IGNORE INTO blobs (sha256, content, size)
+            SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(new.blobs);
+        INSERT INTO failures ({_FAILURE_COLUMNS})
+            SELECT {", ".join(f"value ->> {i}" for i in range(len(_FAILURE_COLUMNS.split(","))))}
+            FROM json_each(new.failures) WHERE true
+            ON CONFLICT (failure_id) DO NOTHING;
+        INSERT INTO batch_fresh (id, first, fingerprint, ts, version)
+            SELECT f.rowid, NOT EXISTS (
+                SELECT 1 FROM failures p INDEXED BY failures_session
+                WHERE p.session_id IS f.session_id AND p.fingerprint = f.fingerprint AND p.rowid < f.rowid),
+                f.fingerprint, f.ts, coalesce(f.agent_version, '')
+            FROM failures f WHERE f.rowid > (SELECT stored_before FROM batch_mark);
+        UPDATE batch_mark SET added = (SELECT count(*) FROM batch_fresh);
+        INSERT INTO patterns (fingerprint, agent_id, node_id, error_type, kind, sample_message, transient,
+                                   count, sessions, first_seen, last_seen)
+            SELECT g.fingerprint, l.agent_id, l.node_id, l.error_type, l.kind, l.error_message, l.transient,
+                   g.n, g.sessions, g.first_ts, l.ts
+            FROM (SELECT fingerprint, count(*) AS n, sum(first) AS sessions, min(ts) AS first_ts,
+                         (SELECT latest.id FROM batch_fresh latest WHERE latest.fingerprint = b.fingerprint
+                          ORDER BY latest.ts DESC, latest.id LIMIT 1) AS latest_id
+                  FROM batch_fresh b GROUP BY fingerprint) g
+            CROSS JOIN failures l ON l.rowid = g.latest_id
+            WHERE true
+            ON CONFLICT (fingerprint) DO UPDATE SET
+                count = count + excluded.count,
+                sessions = sessions + excluded.sessions,
+                first_seen = min(first_seen, excluded.first_seen),
+                last_seen = max(last_seen, excluded.last_seen),
+                sample_message = CASE WHEN excluded.last_seen >= last_seen THEN excluded.sample_message
+                                      ELSE sample_message END;
+        INSERT INTO failure_counts (grain, bucket, fingerprint, agent_version, failures, sessions, first_ts,
+                                         last_ts)
+            SELECT g.grain, CAST(b.ts / g.grain AS INTEGER), b.fingerprint, b.version, count(*), sum(b.first),
+                   min(b.ts), max(b.ts)
+            FROM batch_fresh b, grains g
+            WHERE true GROUP BY 1, 2, 3, 4
+            ON CONFLICT DO UPDATE SET
+                failures = failures + excluded.failures, sessions = sessions + excluded.sessions,
+                first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts);
+        INSERT INTO runs (session_id, agent_id, agent_version, started_at, ended_at, success, quality, failures)
+            SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
+                   value ->> 7
+            FROM json_each(new.runs) WHERE true  -- in order: a run twice in a batch merges as in two batches
+            ON CONFLICT (session_id, agent_id) DO UPDATE SET
+                agent_version = coalesce(excluded.agent_version, agent_version),
+                started_at = min(started_at, excluded.started_at),
+                ended_at = max(ended_at, excluded.ended_at),
+                success = min(success, excluded.success),
+                quality = coalesce(excluded.quality, quality),
+                failures = failures + excluded.failures;
+        DELETE FROM batch_in;
+    END""",
+)
+_json_rows = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
 
 
 # The hive.failure attributes a failures row is made of, in the order _wire_rows unpacks them.
@@ -239,8 +268,7 @@ class FailureIndex:
         self.path = Path(path).expanduser()
         self.limits = limits or Limits.from_env()
         self._lock = threading.RLock()
-        # (fingerprint, session) pairs known to be in the file; rows are never deleted or re-keyed.
-        self._known_pairs: set[tuple[str, str | None]] = set()
+        self._batch_ready = False  # the temp objects add_prepared writes through exist on this connection
         if not self.path.exists():
             if not create:
                 raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
@@ -349,120 +377,19 @@ class FailureIndex:
         malformed entry raises FailureIndexError and nothing of the call is written.
         """
         rows = _wire_rows(failures)
-        outcomes = list(runs)
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                added, pairs = self._insert_failures(rows)
-                self._upsert_runs(outcomes)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            if len(self._known_pairs) + len(pairs) > _KNOWN_PAIRS_MAX:
-                self._known_pairs.clear()
-            self._known_pairs |= pairs  # only once committed: the cache never claims what the file lacks
-        return added
-
-    def _insert_failures(self, rows: _WireRows) -> tuple[int, set[tuple[str, str | None]]]:
-        """Blobs, then failures (a failure_id already stored is skipped), then their patterns.
-
-        Returns how many failures were added and their (fingerprint, session) pairs.
-        """
-        if not rows.failures:
-            return 0, set()
-        c = self._conn
-        before = c.execute("SELECT coalesce(max(rowid), 0) FROM failures").fetchone()[0]
-        _insert_rows(c, "INSERT OR IGNORE INTO blobs (sha256, content, size) VALUES {}", rows.blobs)
-        added = _insert_rows(c, _INSERT_FAILURE, rows.failures)
-        fresh = rows.failures
-        if added < len(fresh):  # some failure_ids were stored already: count only what this call added
-            stored = {failure_id for (failure_id,) in c.execute(
-                "SELECT failure_id FROM failures WHERE rowid > ?", (before,))}
-            id_at = _AT["failure_id"]
-            first: dict[str, tuple[Any, ...]] = {}
-            for row in fresh:  # the first row of an id is the one stored; keep the batch's order
-                if row[id_at] in stored:
-                    first.setdefault(row[id_at], row)
-            fresh = list(first.values())
-        return added, self._count_patterns(fresh, before)
-
-    def _count_patterns(self, rows: Sequence[tuple[Any, ...]], before: int) -> set[tuple[str, str | None]]:
-        """Add freshly stored failures rows to their patterns' counters, in this transaction.
-
-        A session counts for a pattern the first time it fails that way, in the hour and day
-        of that failure; whether it did before this batch is asked of the file, unless
-        already known from an earlier batch.
-        """
-        fingerprint_at, session_at, ts_at, version_at = _AT["fingerprint"], _AT["session_id"], _AT["ts"], \
-            _AT["agent_version"]
-        groups: dict[str, list[tuple[Any, ...]]] = {}
-        for row in rows:
-            groups.setdefault(row[fingerprint_at], []).append(row)
-        updates, pairs = [], set()
-        counts: dict[tuple[int, int, str, str], list[Any]] = {}  # (grain, bucket, fp, version) -> row of counters
-        first_rows: dict[tuple[str, str | None], tuple[Any, ...]] = {}
-        for row in rows:
-            first_rows.setdefault((row[fingerprint_at], row[session_at]), row)
-        unknown = first_rows.keys() - self._known_pairs
-        stored = self._pairs_stored_before(unknown, before)
-        for fingerprint, members in groups.items():
-            group_pairs = {(fingerprint, row[session_at]) for row in members}
-            new_pairs = group_pairs & (unknown - stored)
-            pairs |= group_pairs
-            for row in members:
-                ts, version = row[ts_at], row[version_at] or ""
-                pair = (fingerprint, row[session_at])
-                new = int(pair in new_pairs and first_rows[pair] is row)  # the pair's first failure in the file
-                for grain in _GRAINS:
-                    key = (grain, int(ts / grain), fingerprint, version)
-                    counter = counts.get(key)
-                    if counter is None:
-                        counts[key] = [*key, 1, new, ts, ts]
-                    else:
-                        counter[4] += 1
-                        counter[5] += new
-                        counter[6] = min(counter[6], ts)
-                        counter[7] = max(counter[7], ts)
-            latest = max(members, key=lambda row: row[ts_at])
-            updates.append((fingerprint, *(latest[_AT[c]] for c in _PATTERN_FROM_LATEST), len(members), len(new_pairs),
-                            min(row[ts_at] for row in members), latest[ts_at]))
-        self._conn.executemany(_UPSERT_PATTERN, updates)
-        self._conn.executemany(_UPSERT_COUNTS, counts.values())
-        return pairs
-
-    def _pairs_stored_before(self, pairs: set[tuple[str, str | None]], before: int) -> set[tuple[str, str | None]]:
-        """Which (pattern, session) pairs the file held before this batch: one query per chunk of sessions.
-
-        Looked up through the sessions (a session has few failures), in as few statements as
-        SQLite allows, so the writer gives up the GIL a few times per batch, not once per pair.
-        """
-        found = {(fp, None) for fp, session in pairs  # failures without a session: rare, one query each
-                 if session is None and self._conn.execute(_PAIR_STORED_BEFORE, (None, fp, before)).fetchone()}
-        sessions = sorted({session for _, session in pairs if session is not None})
-        per = max(1, self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1)
-        for start in range(0, len(sessions), per):
-            chunk = sessions[start:start + per]
-            found |= {pair for pair in self._conn.execute(
-                "SELECT DISTINCT fingerprint, session_id FROM failures INDEXED BY failures_session "
-                f"WHERE session_id IN ({', '.join('?' * len(chunk))}) AND rowid <= ?", (*chunk, before))
-                if pair in pairs}
-        return found
-
-    def _upsert_runs(self, outcomes: Sequence[RunOutcome]) -> None:
-        self._conn.executemany(
-            """INSERT INTO runs (session_id, agent_id, agent_version, started_at, ended_at, success, quality, failures)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT (session_id, agent_id) DO UPDATE SET
-                   agent_version = coalesce(excluded.agent_version, agent_version),
-                   started_at = min(started_at, excluded.started_at),
-                   ended_at = max(ended_at, excluded.ended_at),
-                   success = min(success, excluded.success),
-                   quality = coalesce(excluded.quality, quality),
-                   failures = failures + excluded.failures""",
+        batch = (_json_rows(rows.failures), _json_rows(rows.blobs), _json_rows(
             [(o.session_id, o.agent_id or "", o.agent_version, _ts(o.started_at), _ts(o.ended_at), int(o.success),
-              o.quality, o.failures) for o in outcomes],
-        )
+              o.quality, o.failures) for o in runs]))
+        with self._lock:
+            if not self._batch_ready:
+                self._conn.execute("PRAGMA temp_store = MEMORY")
+                for statement in _BATCH_SCHEMA:
+                    self._conn.execute(statement)
+                self._batch_ready = True
+            # One statement, so its own transaction: it takes the write lock before it reads (the
+            # busy timeout applies) and commits or rolls back whole.
+            self._conn.execute("INSERT INTO batch_in (failures, blobs, runs) VALUES (?, ?, ?)", batch)
+            return self._conn.execute("SELECT added FROM batch_mark").fetchone()[0]
 
     @_reading
     def resolve(self, fingerprint: str, resolution: str, evolution_triggered: bool = True,

@@ -1,0 +1,274 @@
+"""The index writer on realistic records: alone, against raw executemany, as the file grows,
+beside a busy application thread, and at a steady load.
+
+The records are those of benchmarks/queries.py (``_query_data``): 50 agents, 300 patterns,
+1-4 KB of context and memory per failure, ~5 runs per failure. Prints figures; asserts nothing.
+
+    python benchmarks/writer_throughput.py [--failures 100000] [--seconds 60] [--growth 1M]
+
+1. Writer alone: ``add_prepared`` in batches of 512 failures and their runs, as the processor's
+   writer calls it, against bare ``executemany`` of exactly the rows it left behind (every
+   table, counters included, triggers dropped), alternated ``--repeats`` times.
+2. Growth (``--growth``): failures/s per 100k from an empty file, bytes per failure, RSS.
+3. Beside a busy app thread, through a real TracerProvider and FailureIndexProcessor: the
+   writer drains a full queue of failure spans and run outcomes (record_failure + 4 more runs
+   per failure) with the app thread idle, then beside a thread that keeps making such spans
+   (CPU-bound); and the app emitting through the processor as fast as it can for ``--seconds``.
+4. Steady: 1,000 failures/s + 5,000 runs/s for ``--steady`` seconds: dropped, deepest queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace import TracerProvider
+
+import hive_otel_failures as hof
+from _query_data import BATCH, World, generate
+from hive_otel_failures.record import from_attributes
+from processor_overhead import raw_executemany, stored_rows
+
+TABLES = ("blobs", "failures", "patterns", "failure_counts", "runs", "run_counts")
+RUNS_PER_FAILURE_SPAN = 4  # successful runs emitted beside each failing one
+
+
+def _outcome(run: Any) -> hof.RunOutcome:
+    return hof.RunOutcome(session_id=run.session_id, agent_id=run.agent_id, agent_version=run.agent_version,
+                          started_at=datetime.fromtimestamp(run.started, UTC),
+                          ended_at=datetime.fromtimestamp(run.ended, UTC), success=run.success,
+                          quality=run.quality, failures=len(run.failures))
+
+
+def batches(n: int, seed: int = 11) -> Iterator[tuple[list[dict[str, Any]], list[hof.RunOutcome]]]:
+    """The realistic stream in the writer's batches: 512 failures and the runs around them."""
+    failures: list[dict[str, Any]] = []
+    runs: list[hof.RunOutcome] = []
+    for run in generate(World(time.time()), n, seed):
+        runs.append(_outcome(run))
+        failures.extend(run.failures)
+        if len(failures) >= BATCH:
+            yield failures, runs
+            failures, runs = [], []
+    if failures or runs:
+        yield failures, runs
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _db_bytes(db: Path) -> int:
+    return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+
+
+# --- 1. alone vs raw executemany ------------------------------------------------------------------
+def writer_vs_raw(n: int, repeats: int, tmp: Path) -> None:
+    data = list(batches(n))
+    n_runs = sum(len(r) for _, r in data)
+    ours, raw = [], []
+    for r in range(repeats):
+        db = tmp / f"ours-{r}.db"
+        with hof.FailureIndex(db) as idx:
+            gc.collect()
+            t0 = time.perf_counter()
+            for failures, runs in data:
+                idx.add_prepared(failures, runs)
+            ours.append(time.perf_counter() - t0)
+        rows = stored_rows(db, TABLES)
+        gc.collect()
+        raw.append(raw_executemany(tmp / f"raw-{r}.db", rows, n, BATCH))
+        size = _db_bytes(db)
+        for p in tmp.glob("*.db*"):
+            p.unlink()
+    o, w = statistics.median(ours), statistics.median(raw)
+    print(f"1. writer alone, {n:,} failures + {n_runs:,} runs, batches of {BATCH} ({repeats} runs alternated, medians)")
+    print(f"   ours (add_prepared)      : {n / o:9,.0f} failures/s  ({n_runs / o:,.0f} runs/s)   target >= 15,000")
+    print(f"   raw executemany, same rows: {n / w:9,.0f} failures/s  ratio ours/raw {w / o:.2f}   target >= 0.90")
+    print(f"   file: {size / n:,.0f} bytes per failure (runs and counters included)")
+
+
+# --- 2. growth --------------------------------------------------------------------------------------
+def growth(n: int, tmp: Path, step: int = 100_000) -> None:
+    db = tmp / "growth.db"
+    print(f"2. growth to {n:,} failures: per {step:,}")
+    print("   failures | failures/s in the step | bytes/failure | max RSS MB")
+    done, spent, mark = 0, 0.0, step
+    with hof.FailureIndex(db) as idx:
+        for failures, runs in batches(n, seed=5):
+            t0 = time.perf_counter()
+            idx.add_prepared(failures, runs)
+            spent += time.perf_counter() - t0
+            done += len(failures)
+            if done >= mark:
+                print(f"   {done:>8,} | {step / spent:>22,.0f} | {_db_bytes(db) / done:>13,.0f} | {_rss_mb():>10,.0f}")
+                spent, mark = 0.0, mark + step
+    for p in tmp.glob("growth.db*"):
+        p.unlink()
+
+
+# --- 3. beside a busy application thread ----------------------------------------------------------
+class Emitter:
+    """Failure spans and run outcomes as an application would make them, from a pool of records."""
+
+    def __init__(self, provider: TracerProvider, pool: list[tuple[hof.FailureRecord, hof.RunOutcome]]) -> None:
+        self.tracer = provider.get_tracer("bench")
+        self.pool = pool
+        self.i = 0
+
+    def one(self) -> list[Any]:
+        """One failing run and 4 successful ones; returns the 5 ended spans."""
+        record, outcome = self.pool[self.i % len(self.pool)]
+        self.i += 1
+        tag = f"{self.i:016x}"
+        spans = []
+        span = self.tracer.start_span("hive.node")
+        hof.record_failure(record.model_copy(update={"failure_id": f"{tag}{record.failure_id[16:]}",
+                                                     "session_id": f"{outcome.session_id}-{tag}"}), span)
+        hof.record_run(outcome.model_copy(update={"session_id": f"{outcome.session_id}-{tag}"}), span)
+        span.end()
+        spans.append(span)
+        for k in range(RUNS_PER_FAILURE_SPAN):
+            span = self.tracer.start_span("hive.run")
+            hof.record_run(outcome.model_copy(update={"session_id": f"ok-{tag}-{k}", "success": True,
+                                                      "failures": 0}), span)
+            span.end()
+            spans.append(span)
+        return spans
+
+
+def _pool(size: int = 4096) -> list[tuple[hof.FailureRecord, hof.RunOutcome]]:
+    pool = []
+    for failures, runs in batches(size, seed=3):
+        by_session = {r.session_id: r for r in runs}
+        pool += [(from_attributes(f), by_session[f[hof.semconv.FAILURE_PREFIX + "session_id"]]) for f in failures]
+    return pool
+
+
+def _processor(db: Path, queue: int) -> tuple[TracerProvider, hof.FailureIndexProcessor]:
+    provider = TracerProvider()
+    processor = hof.FailureIndexProcessor(str(db), max_queue_size=queue)
+    provider.add_span_processor(processor)
+    processor.force_flush()
+    return provider, processor
+
+
+def drain(pool: list[tuple[hof.FailureRecord, hof.RunOutcome]], tmp: Path, failures: int, rounds: int,
+          busy: bool) -> float:
+    """Failures/s the writer indexes from a full queue, with the app thread idle or busy.
+
+    The spans are made first (on a provider without the processor) and queued while the
+    writer waits; busy, a thread keeps making such spans, CPU-bound, until the queue is drained.
+    """
+    rates = []
+    maker = TracerProvider()  # no processor: spans are made and ended here, then handed over
+    emitter = Emitter(maker, pool)
+    for r in range(rounds):
+        spans = [s for _ in range(failures) for s in emitter.one()]
+        provider, processor = _processor(tmp / f"drain-{busy}-{r}.db", queue=len(spans))
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1000)  # the writer waits while the queue fills
+        for span in spans:
+            processor.on_end(span)
+        sys.setswitchinterval(interval)
+        stop = threading.Event()
+        app = threading.Thread(target=lambda: [emitter.one() for _ in iter(stop.is_set, True)], daemon=True)
+        t0 = time.perf_counter()
+        if busy:
+            app.start()
+        processor.force_flush(600_000)
+        rates.append(processor.stats().written / (time.perf_counter() - t0))
+        stop.set()
+        if busy:
+            app.join()
+        assert processor.stats().dropped == 0
+        provider.shutdown()
+    return statistics.median(rates)
+
+
+def flat_out(pool: list[tuple[hof.FailureRecord, hof.RunOutcome]], tmp: Path, seconds: float) -> dict[str, float]:
+    """The app thread emits through the processor as fast as it can: made, indexed, dropped."""
+    provider, processor = _processor(tmp / "flat-out.db", queue=10_000)
+    emitter = Emitter(provider, pool)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        emitter.one()
+    elapsed = time.perf_counter() - t0
+    stats = processor.stats()
+    processor.force_flush(600_000)
+    provider.shutdown()
+    return {"made": emitter.i / elapsed, "written": stats.written / elapsed,
+            "runs_written": stats.runs_written / elapsed, "dropped": stats.dropped}
+
+
+def steady(pool: list[tuple[hof.FailureRecord, hof.RunOutcome]], tmp: Path, seconds: float,
+           failures_per_s: int = 1000) -> dict[str, float]:
+    """Failures (with 5 runs each) paced at ``failures_per_s``, in 10 ms ticks."""
+    provider, processor = _processor(tmp / "steady.db", queue=10_000)
+    emitter = Emitter(provider, pool)
+    deepest, tick = 0, 0.01
+    per_tick = failures_per_s * tick
+    t0 = time.perf_counter()
+    due = 0.0
+    while (now := time.perf_counter()) - t0 < seconds:
+        due = (now - t0) * failures_per_s
+        while emitter.i < due:
+            emitter.one()
+        deepest = max(deepest, processor.stats().queued)
+        time.sleep(max(0.0, t0 + (emitter.i + per_tick) / failures_per_s - time.perf_counter()))
+    elapsed = time.perf_counter() - t0
+    processor.force_flush(600_000)
+    stats = processor.stats()
+    provider.shutdown()
+    return {"failures_per_s": emitter.i / elapsed, "dropped": stats.dropped, "deepest": deepest,
+            "written": stats.written, "runs_written": stats.runs_written}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--failures", type=int, default=100_000, help="failures in section 1")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--growth", default="", help="e.g. 1M: section 2 up to that many failures")
+    parser.add_argument("--drain", type=int, default=10_000, help="section 3: failures queued per drain")
+    parser.add_argument("--seconds", type=float, default=60, help="section 3: the app emitting flat out")
+    parser.add_argument("--steady", type=float, default=30, help="section 4: seconds at 1k failures/s")
+    parser.add_argument("--only", default="1234", help="sections to run, e.g. 34")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if "1" in args.only:
+            writer_vs_raw(args.failures, args.repeats, tmp)
+        if "2" in args.only and args.growth:
+            growth(int(float(args.growth.rstrip("kKmM")) * {"k": 1e3, "m": 1e6}.get(args.growth[-1].lower(), 1)), tmp)
+        pool = _pool() if set(args.only) & {"3", "4"} else []
+        if "3" in args.only:
+            quiet = drain(pool, tmp, failures=args.drain, rounds=3, busy=False)
+            busy = drain(pool, tmp, failures=args.drain, rounds=3, busy=True)
+            flat = flat_out(pool, tmp, args.seconds)
+            print(f"3. the writer draining {args.drain:,} queued failures (+{RUNS_PER_FAILURE_SPAN + 1} runs each), "
+                  "medians of 3")
+            print(f"   app thread idle          : {quiet:9,.0f} failures/s")
+            print(f"   beside a busy app thread : {busy:9,.0f} failures/s   ratio {busy / quiet:.2f}   target >= 0.80")
+            print(f"   app emitting through the processor as fast as it can for {args.seconds:.0f} s: made "
+                  f"{flat['made']:,.0f} failures/s, indexed {flat['written']:,.0f}/s ({flat['runs_written']:,.0f} "
+                  f"runs/s), {flat['dropped']:,} spans dropped")
+        if "4" in args.only:
+            s = steady(pool, tmp, args.steady)
+            print(f"4. steady {s['failures_per_s']:,.0f} failures/s + {5 * s['failures_per_s']:,.0f} runs/s for "
+                  f"{args.steady:.0f} s: {s['dropped']:,} dropped (target 0), deepest queue {s['deepest']:,} spans; "
+                  f"{s['written']:,} failures and {s['runs_written']:,} runs written")
+        print(f"max RSS {_rss_mb():,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
