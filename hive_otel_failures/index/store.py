@@ -145,8 +145,9 @@ _BATCH_SCHEMA = (
     "CREATE TEMP TABLE IF NOT EXISTS batch_mark (stored_before INTEGER NOT NULL, added INTEGER)",
     # The failures this batch added: whether each is its session's first of its pattern, and what
     # the counters group by, so that nothing below reads the failures table twice.
-    """CREATE TEMP TABLE IF NOT EXISTS batch_fresh (id INTEGER PRIMARY KEY, first INTEGER NOT NULL,
-                                                   fingerprint TEXT NOT NULL, ts REAL NOT NULL, version TEXT NOT NULL)""",
+    """CREATE TEMP TABLE IF NOT EXISTS batch_fresh (
+        id INTEGER PRIMARY KEY, first INTEGER NOT NULL, fingerprint TEXT NOT NULL, ts REAL NOT NULL,
+        version TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS temp.batch_fresh_latest ON batch_fresh (fingerprint, ts DESC, id)",
     f"""
     CREATE TEMP TRIGGER IF NOT EXISTS batch_written AFTER INSERT ON batch_in BEGIN
