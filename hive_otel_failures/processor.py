@@ -26,7 +26,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import format_span_id, format_trace_id
+from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
 from . import semconv
 from .index import FailureIndex, open_index
@@ -38,8 +38,16 @@ _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
 
 
 class _Item(NamedTuple):
-    span: ReadableSpan  # ended, so immutable: the writer reads ids and times from it
-    failures: list[Event]  # its hive.failure events
+    """What the writer needs of an ended span; not the span, so a full queue holds few objects.
+
+    (Ten thousand queued spans with their resources, links and contexts made the application's
+    generation-2 garbage collections several times longer.)
+    """
+
+    context: SpanContext | None
+    start_time: int | None
+    end_time: int | None
+    failures: list[Event]  # its hive.failure events (immutable in the SDK)
     run: Event | None  # its hive.run event
 
 
@@ -133,7 +141,7 @@ class FailureIndexProcessor(SpanProcessor):
         if len(self._queue) >= self._max_queue:
             self._count_drop("the queue is full")
             return
-        self._queue.append(_Item(span, failures, run))  # references only: events are immutable in the SDK
+        self._queue.append(_Item(span.context, span.start_time, span.end_time, failures, run))
         if len(self._queue) >= self._max_batch and not self._wake.is_set():
             self._wake.set()
 
@@ -193,15 +201,15 @@ class FailureIndexProcessor(SpanProcessor):
     def _write(self, batch: list[_Item]) -> None:
         failures: list[Mapping[str, Any]] = []
         runs: list[RunOutcome] = []
-        for span, events, run in batch:
+        for context, start_time, end_time, events, run in batch:
             for event in events:  # one malformed event must lose neither the batch nor its span's other events
                 try:
-                    failures.append(self._wire(event, span))
+                    failures.append(self._wire(event, context))
                 except Exception as exc:  # noqa: BLE001
                     self._error("malformed failure event", exc)
             if run is not None:
                 try:
-                    runs.append(run_from_attributes(run.attributes, _dt(span.start_time or 0), _dt(span.end_time or 0)))
+                    runs.append(run_from_attributes(run.attributes, _dt(start_time or 0), _dt(end_time or 0)))
                 except Exception as exc:  # noqa: BLE001
                     self._error("malformed run event", exc)
         index = self._open()
@@ -223,7 +231,7 @@ class FailureIndexProcessor(SpanProcessor):
             self._runs_written += runs_written
 
     @staticmethod
-    def _wire(event: Event, span: ReadableSpan) -> Mapping[str, Any]:
+    def _wire(event: Event, ctx: SpanContext | None) -> Mapping[str, Any]:
         """Prepared attributes for the index; events not made by record_failure are prepared here."""
         # One copy into a plain dict, then C-speed lookups. The SDK's BoundedAttributes has a
         # dict copy(); any other Mapping is copied key by key.
@@ -233,7 +241,6 @@ class FailureIndexProcessor(SpanProcessor):
             return attributes
         record = from_attributes(attributes)
         update: dict[str, Any] = {}
-        ctx = span.context
         if record.trace_id is None and ctx is not None:
             update["trace_id"] = format_trace_id(ctx.trace_id)
         if record.span_id is None and ctx is not None:

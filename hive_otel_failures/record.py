@@ -9,7 +9,7 @@ host reads records without the SDK.
 from __future__ import annotations
 
 import json
-import uuid
+import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -64,6 +64,16 @@ class ToolCallAttempt(BaseModel):
     is_error: bool = False
 
 
+def _new_failure_id() -> str:
+    """128 random bits in hex, made as the OTel SDK makes trace ids.
+
+    Not uuid4: its os.urandom gives up the GIL on every call, and a thread waiting for the GIL
+    (the index writer) is then never handed it by a busy application thread, because CPython
+    asks for it only when it has not changed hands for a whole switch interval.
+    """
+    return f"{random.getrandbits(128):032x}"
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -81,7 +91,7 @@ class FailureRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_enum_values=True, defer_build=True)
 
-    failure_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    failure_id: str = Field(default_factory=lambda: _new_failure_id())
     session_id: str | None = None
     agent_id: str | None = None
     node_id: str | None = None
