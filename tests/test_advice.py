@@ -53,6 +53,13 @@ def test_blocking_is_the_patterns_share_of_the_agents_runs(index: hof.FailureInd
     assert advice.evidence.session_share == pytest.approx(0.4) and advice.evidence.agent_runs == 5
 
 
+def test_a_soft_constraint_blocks_no_run(index: hof.FailureIndex) -> None:
+    soft = dict(kind="soft_constraint_violated", error_type="hive.soft_constraint_violated",
+                message="prefer refunds under 25", constraints_violated=["small-refunds"])
+    index.add([fail(f"s{i}", **soft) for i in range(3)], runs(5))  # 3 of 5 runs, yet each succeeded
+    assert triggers(index) == {"charge": ["recurring"]}
+
+
 def test_a_hard_constraint_violation_is_advice_even_once(index: hof.FailureIndex) -> None:
     index.add([fail("s1", kind="constraint_violated", error_type="hive.constraint_violated",
                     message="refund must not be negative", constraints_violated=["no-negative-refund"])],

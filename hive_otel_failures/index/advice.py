@@ -15,6 +15,7 @@ from typing import Literal
 
 HUMAN_KINDS = frozenset({"escalated"})  # the agent asked for a human: not the agent's definition to change
 HARD_CONSTRAINT_KINDS = frozenset({"constraint_violated"})  # only hard violations become failures of this kind
+NON_BLOCKING_KINDS = frozenset({"soft_constraint_violated"})  # recorded, but the run still succeeded
 FIX_MIN_RUNS = 30  # runs from a fix's version on before its verdict can be more than too_early
 
 

@@ -23,8 +23,8 @@ from .. import semconv
 from ..fingerprint import with_version
 from ..record import FailureKind, FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
 from ..scrub import TRUNCATED_KEY, Limits, safe_text
-from .advice import (FIX_MIN_RUNS, HARD_CONSTRAINT_KINDS, HUMAN_KINDS, VersionCounts, fix_verdict, lower_p_value,
-                     split_versions, total)
+from .advice import (FIX_MIN_RUNS, HARD_CONSTRAINT_KINDS, HUMAN_KINDS, NON_BLOCKING_KINDS, VersionCounts, fix_verdict,
+                     lower_p_value, split_versions, total)
 from .diagnosis import MIN_DIAGNOSIS_CHARS, Definitions, build_diagnosis
 from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern, Resolution, ResolutionEffect, RunRate,
                      Stats, VersionStats)
@@ -551,12 +551,13 @@ class FailureIndex:
 
         Triggers, as Hive's evolution guide names them: ``recurring`` (in >= ``min_sessions``
         sessions), ``blocking`` (its sessions are more than ``blocking_share`` of the agent's
-        runs), ``hard_constraint`` (any hard-constraint violation), ``declining_success`` (the
-        agent's success rate in this window is below the previous window's, one-sided
-        two-proportion z-test at ``alpha``, each window with >= ``min_runs`` runs), ``regressed``
-        (recurred in the version a resolution named, or later). No evolve advice for a pattern
-        that is transient, seen in one session only (unless a hard constraint), or resolved
-        and not back; escalations to a human come back with ``action="human"``.
+        runs; never a soft constraint, whose runs succeeded), ``hard_constraint`` (any
+        hard-constraint violation), ``declining_success`` (the agent's success rate in this
+        window is below the previous window's, one-sided two-proportion z-test at ``alpha``,
+        each window with >= ``min_runs`` runs), ``regressed`` (recurred in the version a
+        resolution named, or later). No evolve advice for a pattern that is transient, seen in
+        one session only (unless a hard constraint), or resolved and not back; escalations to a
+        human come back with ``action="human"``.
         """
         end = datetime.now(timezone.utc)
         length = _duration(window)
@@ -602,7 +603,7 @@ class FailureIndex:
             triggers: list[str] = []
             if sessions >= min_sessions:
                 triggers.append("recurring")
-            if runs and sessions / runs > blocking_share:
+            if runs and sessions / runs > blocking_share and p.kind not in NON_BLOCKING_KINDS:
                 triggers.append("blocking")
             if hard:
                 triggers.append("hard_constraint")
