@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from opentelemetry.attributes import BoundedAttributes
@@ -30,7 +29,8 @@ from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
 from . import semconv
 from .index import FailureIndex, open_index
-from .record import RunOutcome, from_attributes, prepare, run_from_attributes, to_attributes
+from .record import (RunOutcome, filled_from_span, from_attributes, from_time_ns, prepare, run_from_attributes,
+                     to_attributes)
 from .spans import may_carry_records
 
 _log = logging.getLogger(__name__)
@@ -75,10 +75,6 @@ def _cause(exc: BaseException) -> str:
     elif exc.__cause__ is not None:
         text += f", caused by {exc.__cause__!r}"
     return text
-
-
-def _dt(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc)
 
 
 class FailureIndexProcessor(SpanProcessor):
@@ -209,7 +205,8 @@ class FailureIndexProcessor(SpanProcessor):
                     self._error("malformed failure event", exc)
             if run is not None:
                 try:
-                    runs.append(run_from_attributes(run.attributes, _dt(start_time or 0), _dt(end_time or 0)))
+                    runs.append(run_from_attributes(run.attributes, from_time_ns(start_time or 0),
+                                                    from_time_ns(end_time or 0)))
                 except Exception as exc:  # noqa: BLE001
                     self._error("malformed run event", exc)
         index = self._open()
@@ -239,15 +236,12 @@ class FailureIndexProcessor(SpanProcessor):
         attributes = attributes.copy() if isinstance(attributes, BoundedAttributes) else dict(attributes or {})
         if attributes.get(semconv.FAILURE_PREPARED) is True:
             return attributes
-        record = from_attributes(attributes)
-        update: dict[str, Any] = {}
-        if record.trace_id is None and ctx is not None:
-            update["trace_id"] = format_trace_id(ctx.trace_id)
-        if record.span_id is None and ctx is not None:
-            update["span_id"] = format_span_id(ctx.span_id)
-        if semconv.FAILURE_PREFIX + "timestamp" not in attributes and event.timestamp:
-            update["timestamp"] = _dt(event.timestamp)
-        return to_attributes(prepare(record.model_copy(update=update)))
+        known = ctx is not None
+        record = filled_from_span(
+            from_attributes(attributes), trace_id=format_trace_id(ctx.trace_id) if known else None,
+            span_id=format_span_id(ctx.span_id) if known else None,
+            time_ns=None if semconv.FAILURE_PREFIX + "timestamp" in attributes else event.timestamp)
+        return to_attributes(prepare(record))
 
     def _try_add(self, index: FailureIndex, failures: list[Mapping[str, Any]], runs: list[RunOutcome]) -> int:
         try:

@@ -91,7 +91,7 @@ class FailureRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_enum_values=True, defer_build=True)
 
-    failure_id: str = Field(default_factory=lambda: _new_failure_id())
+    failure_id: str = Field(default_factory=_new_failure_id)
     session_id: str | None = None
     agent_id: str | None = None
     node_id: str | None = None
@@ -154,6 +154,25 @@ def utc_time(value: datetime) -> datetime:
 def time_ns(value: datetime) -> int:
     """Nanoseconds since the epoch of a ``utc_time``, exact (no float rounding)."""
     return (value - _EPOCH) // _MICROSECOND * 1000
+
+
+def from_time_ns(ns: int) -> datetime:
+    """A span's or event's time (nanoseconds since the epoch) as a UTC datetime, as every reader converts it."""
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc)
+
+
+def filled_from_span(record: FailureRecord, *, trace_id: str | None, span_id: str | None,
+                     time_ns: int | None = None) -> FailureRecord:
+    """``record`` with the trace and span ids of the span that carries it where it has none, and
+    the event's time when given (the caller knows whether the record came with its own)."""
+    update: dict[str, Any] = {}
+    if record.trace_id is None and trace_id:
+        update["trace_id"] = trace_id
+    if record.span_id is None and span_id:
+        update["span_id"] = span_id
+    if time_ns:
+        update["timestamp"] = from_time_ns(time_ns)
+    return record.model_copy(update=update) if update else record
 
 
 def bounded_count(value: Any, default: int = 1) -> int:

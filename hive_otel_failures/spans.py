@@ -9,12 +9,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
 
 from . import semconv
-from .record import FailureRecord, RunOutcome, prepare, run_attributes, time_ns, to_attributes
+from .record import FailureRecord, RunOutcome, filled_from_span, prepare, run_attributes, time_ns, to_attributes
 
 _log = logging.getLogger(__name__)
 _UNSET = StatusCode.UNSET  # read on every span's end; an enum member lookup runs Python code on 3.11
 _warned = False
-
 
 
 def record_failure(record: FailureRecord, span: Span | None = None, *, set_error: bool = True) -> FailureRecord:
@@ -40,13 +39,10 @@ def record_failure(record: FailureRecord, span: Span | None = None, *, set_error
         if not isinstance(record, FailureRecord):
             raise TypeError(f"record_failure takes a FailureRecord, not {type(record).__qualname__}")
         ctx = span.get_span_context()
-        update = {}
         if ctx.is_valid:
-            if record.trace_id is None:
-                update["trace_id"] = format_trace_id(ctx.trace_id)
-            if record.span_id is None:
-                update["span_id"] = format_span_id(ctx.span_id)
-        prepared = prepare(record.model_copy(update=update) if update else record)
+            record = filled_from_span(record, trace_id=format_trace_id(ctx.trace_id),
+                                      span_id=format_span_id(ctx.span_id))
+        prepared = prepare(record)
         attributes = to_attributes(prepared)
         attributes[semconv.FAILURE_PREPARED] = True
         span.add_event(semconv.FAILURE_EVENT, attributes, timestamp=time_ns(prepared.timestamp))

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -99,15 +100,17 @@ def test_a_failure_event_is_read_from_spans_with_status_set_only(pipeline: Pipel
 
 
 def test_trace_and_span_ids_come_from_the_span(pipeline: Pipeline) -> None:
+    """And the time from the event, for an event another producer made without one."""
     with pipeline.tracer.start_as_current_span("node") as span:
         span.add_event("hive.failure", {"hive.failure.error_message": "raw event from another producer",
-                                        "hive.failure.agent_id": "a"})
+                                        "hive.failure.agent_id": "a"}, timestamp=1_767_225_600_123_456_000)
         span.set_status(StatusCode.ERROR)
         ctx = span.get_span_context()
     pipeline.flush()
     with pipeline.index() as index:
         (record,) = index.recent()
     assert record.trace_id == f"{ctx.trace_id:032x}" and record.span_id == f"{ctx.span_id:016x}"
+    assert record.timestamp == datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=timezone.utc)
     assert record.fingerprint and record.fingerprint.startswith("v1:")  # prepared on the writer side too
 
 

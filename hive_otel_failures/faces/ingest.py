@@ -49,7 +49,6 @@ import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -66,7 +65,8 @@ from pydantic import ValidationError
 
 from .. import semconv
 from ..index import FailureIndex, FailureIndexError, open_index
-from ..record import RunOutcome, from_attributes, prepare, run_from_attributes, to_attributes
+from ..record import (RunOutcome, filled_from_span, from_attributes, from_time_ns, prepare, run_from_attributes,
+                      to_attributes)
 from ..scrub import Limits
 
 _log = logging.getLogger(__name__)
@@ -195,10 +195,6 @@ def _attributes(kvs: Iterable[Any]) -> dict[str, Any]:
     return {kv.key: _value(kv.value) for kv in kvs}
 
 
-def _dt(ns: int) -> datetime:  # as the local processor converts span times, so runs compare equal
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc)
-
-
 def _derived_failure_id(trace_id: str, span_id: str, ordinal: int, time_ns: int) -> str:
     """An id for a failure event that has none, the same on every retry of its request."""
     return hashlib.sha256(f"{trace_id}/{span_id}/{ordinal}/{time_ns}".encode()).hexdigest()[:32]
@@ -214,16 +210,12 @@ def failure_attributes(attributes: Mapping[str, Any], *, trace_id: str | None, s
     record = from_attributes(attributes)  # validates every field, prepared or not
     if attributes.get(semconv.FAILURE_PREPARED) is True and all(k in attributes for k in _REQUIRED_PREPARED):
         return to_attributes(record)
-    update: dict[str, Any] = {}
     if _PREFIX + "failure_id" not in attributes:
-        update["failure_id"] = _derived_failure_id(trace_id or "", span_id or "", ordinal, time_ns)
-    if record.trace_id is None and trace_id:
-        update["trace_id"] = trace_id
-    if record.span_id is None and span_id:
-        update["span_id"] = span_id
-    if _PREFIX + "timestamp" not in attributes and time_ns:
-        update["timestamp"] = _dt(time_ns)
-    return to_attributes(prepare(record.model_copy(update=update), limits))
+        record = record.model_copy(
+            update={"failure_id": _derived_failure_id(trace_id or "", span_id or "", ordinal, time_ns)})
+    record = filled_from_span(record, trace_id=trace_id, span_id=span_id,
+                              time_ns=None if _PREFIX + "timestamp" in attributes else time_ns)
+    return to_attributes(prepare(record, limits))
 
 
 RunKey = tuple[str, str]  # (trace id, span id) of the span that carried a run outcome
@@ -267,7 +259,8 @@ def records_from_request(request: ExportTraceServiceRequest, limits: Limits) -> 
                         run_seen = True
                         try:
                             outcome = run_from_attributes(_attributes(event.attributes),
-                                                          _dt(span.start_time_unix_nano), _dt(span.end_time_unix_nano))
+                                                          from_time_ns(span.start_time_unix_nano),
+                                                          from_time_ns(span.end_time_unix_nano))
                         except (ValidationError, ValueError, TypeError, KeyError) as exc:
                             out.invalid += 1
                             out.first_error = out.first_error or f"a hive.run event is not a run outcome: {exc!r}"
