@@ -378,10 +378,9 @@ class Answer:
 
 
 class _Writer:
-    def __init__(self, index: FailureIndex, stats: IngestStats, lock: threading.Lock, capacity: int) -> None:
+    def __init__(self, index: FailureIndex, count: Callable[..., None], capacity: int) -> None:
         self.index = index
-        self.stats = stats
-        self.lock = lock  # guards stats, shared with the servers
+        self.count = count  # the server's counters: IngestServer._count
         self.capacity = capacity
         self.cond = threading.Condition()
         self.queue: deque[_Pending] = deque()
@@ -488,15 +487,10 @@ class _Writer:
             self.runs_seen[key] = None
         while len(self.runs_seen) > _RUNS_REMEMBERED:
             self.runs_seen.popitem(last=False)
-        self._count(failures_indexed=added, failures_duplicate=len(failures) - added, runs_indexed=len(runs),
-                    runs_duplicate=run_duplicates)
+        self.count(failures_indexed=added, failures_duplicate=len(failures) - added, runs_indexed=len(runs),
+                   runs_duplicate=run_duplicates)
         for p in taken:
             p.finish(OK)
-
-    def _count(self, **increments: int) -> None:
-        with self.lock:
-            for name, n in increments.items():
-                setattr(self.stats, name, getattr(self.stats, name) + n)
 
 
 # --- the server ----------------------------------------------------------------------------------
@@ -563,7 +557,7 @@ class IngestServer:
                 self._httpd.server_close()
                 self.index.close()
                 raise
-        self._writer = _Writer(self.index, self._stats, self._lock, self._queue_records)
+        self._writer = _Writer(self.index, self._count, self._queue_records)
         threading.Thread(target=self._httpd.serve_forever, name="hive-failures-ingest-http", daemon=True).start()
         return self
 
