@@ -168,7 +168,7 @@ _BATCH_SCHEMA = (
             FROM failures f WHERE f.rowid > (SELECT stored_before FROM batch_mark);
         UPDATE batch_mark SET added = (SELECT count(*) FROM batch_fresh);
         INSERT INTO patterns (fingerprint, agent_id, node_id, error_type, kind, sample_message, transient,
-                                   count, sessions, first_seen, last_seen)
+                              count, sessions, first_seen, last_seen)
             SELECT g.fingerprint, l.agent_id, l.node_id, l.error_type, l.kind, l.error_message, l.transient,
                    g.n, g.sessions, g.first_ts, l.ts
             FROM (SELECT fingerprint, count(*) AS n, sum(first) AS sessions, min(ts) AS first_ts,
@@ -185,7 +185,7 @@ _BATCH_SCHEMA = (
                 sample_message = CASE WHEN excluded.last_seen >= last_seen THEN excluded.sample_message
                                       ELSE sample_message END;
         INSERT INTO failure_counts (grain, bucket, fingerprint, agent_version, failures, sessions, first_ts,
-                                         last_ts)
+                                    last_ts)
             SELECT g.grain, CAST(b.ts / g.grain AS INTEGER), b.fingerprint, b.version, count(*), sum(b.first),
                    min(b.ts), max(b.ts)
             FROM batch_fresh b, grains g
