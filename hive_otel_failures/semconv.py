@@ -101,3 +101,4 @@ ENV_TRACE_URL = "HIVE_FAILURES_TRACE_URL"  # e.g. http://localhost:16686/trace/{
 ENV_CONDITIONS = "HIVE_FAILURES_CONDITIONS"  # a TOML or YAML file of user conditions
 ENV_CONDITION_TIMEOUT = "HIVE_FAILURES_CONDITION_TIMEOUT_S"  # a named check slower than this is broken
 ENV_PUBLISH_VIOLATIONS = "HIVE_FAILURES_PUBLISH_VIOLATIONS"  # true: CONSTRAINT_VIOLATION on Hive's EventBus
+ENV_INGEST_TOKEN = "HIVE_FAILURES_INGEST_TOKEN"  # bearer token of hive-failures ingest; required off loopback

@@ -71,7 +71,6 @@ from ..scrub import Limits
 
 _log = logging.getLogger(__name__)
 
-TOKEN_ENV = "HIVE_FAILURES_INGEST_TOKEN"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 4318
 DEFAULT_GRPC_PORT = 4317
@@ -514,12 +513,12 @@ class IngestServer:
                  port: int = DEFAULT_HTTP_PORT, grpc_port: int | None = DEFAULT_GRPC_PORT,
                  token: str | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  queue_records: int = DEFAULT_QUEUE_RECORDS, grpc_workers: int = 16) -> None:
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        token = token if token is not None else os.environ.get(semconv.ENV_INGEST_TOKEN)
         self.token = token.strip() if token and token.strip() else None
         self.host = host
         if not is_loopback(host) and self.token is None:
             raise IngestError(f"refusing to listen on {host}, which is not a loopback address, without a token: "
-                              f"set {TOKEN_ENV} (producers send it as 'Authorization: Bearer <token>')")
+                              f"set {semconv.ENV_INGEST_TOKEN} (producers send it as 'Authorization: Bearer <token>')")
         for name, value in (("port", port), ("grpc port", grpc_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise IngestError(f"the {name} must be between 0 and 65535, not {value}")
@@ -921,8 +920,8 @@ def serve(db: str | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAUL
           file=out)
     if server.grpc_port is not None:
         print(f"  OTLP/gRPC  {shown}:{server.grpc_port}", file=out)
-    print(f"  token: {'required' if server.token else f'none (loopback only; set {TOKEN_ENV} to require one)'}",
-          file=out, flush=True)
+    token = "required" if server.token else f"none (loopback only; set {semconv.ENV_INGEST_TOKEN} to require one)"
+    print(f"  token: {token}", file=out, flush=True)
     try:
         while not stop.wait(1.0):
             pass
