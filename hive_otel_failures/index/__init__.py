@@ -11,6 +11,7 @@ from .advice import FIX_MIN_RUNS
 from .diagnosis import MIN_DIAGNOSIS_CHARS
 from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern, Resolution, ResolutionEffect,
                      RunRate, Stats, VersionStats)
+from .backend import is_server, redact
 from .store import FailureIndex, FailureIndexError, parse_since
 
 
@@ -26,11 +27,12 @@ def default_location() -> str:
 def index_path(url_or_path: str | os.PathLike[str] | None = None) -> Path:
     """The SQLite file of an index location: a path, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
 
-    None means the default location. Raises FailureIndexError for what is not a file.
+    None means the default location. Raises FailureIndexError for what is not a file (a
+    PostgreSQL URL: open it with open_index).
     """
     location = str(url_or_path) if url_or_path is not None else default_location()
-    if location.startswith(("postgresql://", "postgres://")):
-        raise FailureIndexError("PostgreSQL indexes are not supported by this version; use a SQLite path")
+    if is_server(location):
+        raise FailureIndexError(f"{redact(location)} is a PostgreSQL index, not a file")
     if location.startswith("sqlite://"):
         location = location.removeprefix("sqlite://").removeprefix("/")
         if not location:
@@ -40,13 +42,18 @@ def index_path(url_or_path: str | os.PathLike[str] | None = None) -> Path:
 
 def open_index(url_or_path: str | os.PathLike[str] | None = None, *, create: bool = True,
                limits: Limits | None = None) -> FailureIndex:
-    """Open (and create or migrate) a failure index at ``index_path(url_or_path)``.
+    """Open (and create or migrate) a failure index: a SQLite file (``index_path``) or a ``postgresql://`` URL.
 
-    ``create=False`` refuses to make a new file (readers, the CLI).
+    ``create=False`` (readers, the CLI) refuses to make a new file and never migrates. A
+    PostgreSQL database must exist; opening it creates or migrates the schema in it
+    (with ``pip install 'hive-otel-failures[postgres]'``).
     """
-    return FailureIndex(index_path(url_or_path), create=create, limits=limits)
+    location = str(url_or_path) if url_or_path is not None else default_location()
+    if is_server(location):
+        return FailureIndex(location, create=create, limits=limits)
+    return FailureIndex(index_path(location), create=create, limits=limits)
 
 
 __all__ = ["FIX_MIN_RUNS", "MIN_DIAGNOSIS_CHARS", "Advice", "Diagnosis", "Evidence", "FailureIndex",
            "FailureIndexError", "FixEffect", "NodeStats", "Pattern", "Resolution", "ResolutionEffect", "RunRate",
-           "Stats", "VersionStats", "default_location", "index_path", "open_index", "parse_since"]
+           "Stats", "VersionStats", "default_location", "index_path", "is_server", "open_index", "parse_since"]

@@ -1,11 +1,26 @@
-"""Schema of the failure index as numbered migrations (``PRAGMA user_version``).
+"""Schema of the failure index as numbered migrations, one numbering for both backends.
 
-Append a migration to change the schema; never edit one that has shipped.
+Each step is a pair kept side by side: SQLite's script (its number in ``PRAGMA user_version``)
+and PostgreSQL's (its number in the ``schema_version`` table). Append a step to change the
+schema, with both scripts; never edit one that has shipped.
+
+The PostgreSQL scripts keep SQLite's tables and columns (a PostgreSQL index holds the same
+rows) with PostgreSQL's types: ``double precision`` times, ``boolean`` flags, identity ids,
+``failures.seq`` for the order failures were stored in (SQLite's rowid); their indexes cover
+what the queries read (``INCLUDE``) and skip what they never look up (partial indexes).
 """
 
 from __future__ import annotations
 
-MIGRATIONS: list[str] = [
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    sqlite: str
+    postgresql: str
+
+
+_SQLITE: list[str] = [
     # 1: failures, their patterns and content-addressed blobs.
     """
     CREATE TABLE blobs (
@@ -149,4 +164,172 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-LATEST_VERSION = len(MIGRATIONS)
+_POSTGRESQL: list[str] = [
+    # 1: failures, their patterns and content-addressed blobs.
+    """
+    CREATE TABLE blobs (
+        sha256  text PRIMARY KEY,
+        content text NOT NULL,
+        size    integer NOT NULL
+    );
+    CREATE TABLE failures (
+        failure_id           text PRIMARY KEY,
+        session_id           text,
+        agent_id             text,
+        node_id              text,
+        ts                   double precision NOT NULL,
+        kind                 text NOT NULL,
+        error_type           text NOT NULL,
+        error_message        text NOT NULL,
+        traceback            text,
+        attempts             integer NOT NULL,
+        judge_feedback       text NOT NULL,
+        constraints_violated text NOT NULL,
+        criteria_unmet       text NOT NULL,
+        tool_calls           text NOT NULL,
+        input_context_sha    text REFERENCES blobs(sha256),
+        memory_snapshot_sha  text REFERENCES blobs(sha256),
+        graph_snapshot_sha   text REFERENCES blobs(sha256),
+        trace_id             text,
+        span_id              text,
+        agent_version        text,
+        fingerprint          text NOT NULL,
+        transient            boolean NOT NULL,
+        evolution_triggered  boolean NOT NULL DEFAULT false,
+        resolution           text,
+        seq                  bigint GENERATED ALWAYS AS IDENTITY UNIQUE  -- the order of storing: SQLite's rowid
+    );
+    CREATE INDEX failures_ts ON failures(ts);
+    CREATE INDEX failures_agent_ts ON failures(agent_id, ts);
+    CREATE INDEX failures_fp_session ON failures(fingerprint, session_id);
+    CREATE INDEX failures_session ON failures(session_id);
+    CREATE TABLE patterns (
+        fingerprint    text PRIMARY KEY,
+        agent_id       text,
+        node_id        text,
+        error_type     text NOT NULL,
+        kind           text NOT NULL,
+        sample_message text NOT NULL,
+        transient      boolean NOT NULL,
+        count          integer NOT NULL,
+        sessions       integer NOT NULL,
+        first_seen     double precision NOT NULL,
+        last_seen      double precision NOT NULL
+    );
+    """,
+    # 2: run outcomes (rates) and the history of what was done about each pattern.
+    """
+    CREATE TABLE runs (
+        session_id    text NOT NULL,
+        agent_id      text NOT NULL DEFAULT '',
+        agent_version text,
+        started_at    double precision NOT NULL,
+        ended_at      double precision NOT NULL,
+        success       boolean NOT NULL,
+        quality       text,
+        failures      integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (session_id, agent_id)
+    );
+    CREATE INDEX runs_agent_started ON runs(agent_id, started_at);
+    CREATE TABLE resolutions (
+        id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        fingerprint         text NOT NULL,
+        ts                  double precision NOT NULL,
+        resolution          text NOT NULL,
+        evolution_triggered boolean NOT NULL,
+        agent_version       text
+    );
+    CREATE INDEX resolutions_fp ON resolutions(fingerprint, ts);
+    """,
+    # 3: counters by hour and by day (see SQLite's step 3). The writer's batch statement keeps
+    # failure_counts; run_counts is kept by statement triggers that read the rows a statement
+    # inserted or changed as transition tables, so a batch of runs is counted in one pass.
+    # The primary keys carry the counts (INCLUDE): a window's aggregate is an index-only scan.
+    """
+    CREATE TABLE failure_counts (
+        grain         integer NOT NULL,  -- bucket width in seconds: 86400 or 3600
+        bucket        bigint NOT NULL,   -- trunc(ts / grain), as SQLite's CAST
+        fingerprint   text NOT NULL,
+        agent_version text NOT NULL,     -- '' when unknown
+        failures      integer NOT NULL,
+        sessions      integer NOT NULL,
+        first_ts      double precision NOT NULL,
+        last_ts       double precision NOT NULL,
+        PRIMARY KEY (grain, bucket, fingerprint, agent_version) INCLUDE (failures, sessions, first_ts, last_ts)
+    );
+    CREATE INDEX failure_counts_fp ON failure_counts(fingerprint, grain)
+        INCLUDE (agent_version, bucket, sessions, first_ts);
+    CREATE TABLE run_counts (
+        grain         integer NOT NULL,
+        bucket        bigint NOT NULL,
+        agent_id      text NOT NULL,
+        agent_version text NOT NULL,
+        runs          integer NOT NULL,
+        failed        integer NOT NULL,
+        first_ts      double precision NOT NULL,
+        PRIMARY KEY (grain, bucket, agent_id, agent_version) INCLUDE (runs, failed, first_ts)
+    );
+    CREATE INDEX run_counts_agent ON run_counts(agent_id, grain) INCLUDE (agent_version, bucket, runs, first_ts);
+    CREATE TABLE grains (grain integer PRIMARY KEY);
+    INSERT INTO grains VALUES (86400), (3600);
+    CREATE FUNCTION runs_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO run_counts AS c (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
+        SELECT g.grain, trunc(n.started_at / g.grain)::bigint, n.agent_id, coalesce(n.agent_version, ''), count(*),
+               count(*) FILTER (WHERE NOT n.success), min(n.started_at)
+        FROM new_runs n CROSS JOIN grains g GROUP BY 1, 2, 3, 4
+        ON CONFLICT (grain, bucket, agent_id, agent_version) DO UPDATE SET
+            runs = c.runs + excluded.runs, failed = c.failed + excluded.failed,
+            first_ts = LEAST(c.first_ts, excluded.first_ts);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER runs_counted AFTER INSERT ON runs REFERENCING NEW TABLE AS new_runs
+        FOR EACH STATEMENT EXECUTE FUNCTION runs_counted();
+    -- A run recorded again moves from the counters of its old hour, version and outcome to its new
+    -- ones: -1 there and +1 here in one upsert (the first time only from the rows it adds), then the
+    -- counters it emptied go.
+    CREATE FUNCTION runs_recounted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO run_counts AS c (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
+        SELECT g.grain, trunc(m.started_at / g.grain)::bigint, m.agent_id, coalesce(m.agent_version, ''),
+               sum(m.delta), coalesce(sum(m.delta) FILTER (WHERE NOT m.success), 0),
+               coalesce(min(m.started_at) FILTER (WHERE m.delta > 0), 'Infinity')
+        FROM (SELECT side.*
+              FROM old_runs o JOIN new_runs n USING (session_id, agent_id)
+              CROSS JOIN LATERAL (VALUES (-1, o.agent_id, o.agent_version, o.started_at, o.success),
+                                         (1, n.agent_id, n.agent_version, n.started_at, n.success))
+                  AS side (delta, agent_id, agent_version, started_at, success)
+              WHERE o.success IS DISTINCT FROM n.success OR o.agent_version IS DISTINCT FROM n.agent_version
+                    OR trunc(o.started_at / 3600) <> trunc(n.started_at / 3600)) m
+        CROSS JOIN grains g GROUP BY 1, 2, 3, 4
+        ON CONFLICT (grain, bucket, agent_id, agent_version) DO UPDATE SET
+            runs = c.runs + excluded.runs, failed = c.failed + excluded.failed,
+            first_ts = LEAST(c.first_ts, excluded.first_ts);
+        DELETE FROM run_counts c USING old_runs o, grains g
+        WHERE c.runs = 0 AND c.grain = g.grain AND c.bucket = trunc(o.started_at / g.grain)::bigint
+              AND c.agent_id = o.agent_id AND c.agent_version = coalesce(o.agent_version, '');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER runs_recounted AFTER UPDATE ON runs REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs
+        FOR EACH STATEMENT EXECUTE FUNCTION runs_recounted();
+    INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
+    SELECT g.grain, trunc(r.started_at / g.grain)::bigint, r.agent_id, coalesce(r.agent_version, ''), count(*),
+           count(*) FILTER (WHERE NOT r.success), min(r.started_at)
+    FROM runs r CROSS JOIN grains g GROUP BY 1, 2, 3, 4;
+    INSERT INTO failure_counts (grain, bucket, fingerprint, agent_version, failures, sessions, first_ts, last_ts)
+    SELECT g.grain, trunc(f.ts / g.grain)::bigint, f.fingerprint, coalesce(f.agent_version, ''), count(*),
+           count(*) FILTER (WHERE f.first), min(f.ts), max(f.ts)
+    FROM (SELECT ts, fingerprint, agent_version,
+                 row_number() OVER (PARTITION BY fingerprint, session_id ORDER BY seq) = 1 AS first
+          FROM failures) f CROSS JOIN grains g
+    GROUP BY 1, 2, 3, 4;
+    DROP INDEX failures_fp_session;  -- new (pattern, session) pairs are looked up by session instead,
+    CREATE INDEX failures_fp_no_session ON failures(fingerprint) WHERE session_id IS NULL;  -- or among those without
+    CREATE INDEX failures_fp_ts ON failures(fingerprint, ts);  -- a pattern's newest failures, as examples
+    """,
+]
+
+MIGRATIONS_BY_STEP: list[Migration] = [Migration(*pair) for pair in zip(_SQLITE, _POSTGRESQL, strict=True)]
+MIGRATIONS: list[str] = [step.sqlite for step in MIGRATIONS_BY_STEP]  # SQLite's scripts, as they always were
+POSTGRESQL_MIGRATIONS: list[str] = [step.postgresql for step in MIGRATIONS_BY_STEP]
+LATEST_VERSION = len(MIGRATIONS_BY_STEP)

@@ -1,72 +1,45 @@
-"""The failure index on SQLite: plain SQL, explicit migrations, parameterised queries only.
+"""The failure index: plain SQL, explicit migrations, parameterised queries only.
 
-One connection, guarded by a lock, so the processor's writer thread and readers in the same
-process can share an index; other processes read concurrently thanks to WAL.
+One API on two backends (backend.py): a SQLite file (sqlite.py), or a PostgreSQL database for
+a team (postgres.py, imported only for a ``postgresql://`` location). The queries are written
+once here, in SQL both run; what differs between them is the backend's.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
 import re
-import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from .. import semconv
 from ..fingerprint import with_version
-from ..record import FailureKind, FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
+from ..record import FailureRecord, RunOutcome, load_json_field, prepare, to_attributes
 from ..scrub import TRUNCATED_KEY, Limits, safe_text
 from .advice import (FIX_MIN_RUNS, HARD_CONSTRAINT_KINDS, HUMAN_KINDS, NON_BLOCKING_KINDS, VersionCounts, fix_verdict,
                      lower_p_value, split_versions, total)
 from .diagnosis import MIN_DIAGNOSIS_CHARS, Definitions, build_diagnosis
 from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern, Resolution, ResolutionEffect, RunRate,
                      Stats, VersionStats)
-from .schema import LATEST_VERSION, MIGRATIONS
-
-
-class FailureIndexError(Exception):
-    """The index cannot be opened or used (missing, corrupt, newer schema, bad argument)."""
+from .backend import FAILURE_COLUMNS, Backend, FailureIndexError, _ts, is_server, wire_rows
 
 
 _T = TypeVar("_T")
 
 
-def _sha256(text: str) -> str:
-    """sha256 of a snapshot, fed in pieces hashlib hashes without giving up the GIL (it does above 2 KiB)."""
-    data, digest = text.encode("utf-8"), hashlib.sha256()
-    for start in range(0, len(data), 2000):
-        digest.update(data[start:start + 2000])
-    return digest.hexdigest()
-
-
-def _open_sqlite(target: str, busy_timeout: float) -> sqlite3.Connection:
-    """A connection that has read the file once (SQLite opens lazily), or the error that stopped it."""
-    conn = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None, check_same_thread=False,
-                           uri=target.startswith("file:"))
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA user_version").fetchone()
-    except sqlite3.Error:
-        conn.close()
-        raise
-    return conn
-
-
 def _reading(method: Callable[..., _T]) -> Callable[..., _T]:
-    """A query's SQLite errors (a corrupt page, an I/O error) come out as FailureIndexError, with the file named."""
+    """A query's database errors (a corrupt page, an I/O error, a lost server) come out as FailureIndexError."""
     @functools.wraps(method)
     def query(self: "FailureIndex", *args: Any, **kwargs: Any) -> _T:
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as exc:
-            raise FailureIndexError(f"{self.path} cannot be read as a failure index: {exc}") from exc
+        except self._db.errors as exc:
+            raise FailureIndexError(f"{self._db.location} cannot be read as a failure index: {exc}") from exc
     return query
 
 
@@ -97,265 +70,57 @@ def parse_since(since: datetime | timedelta | str | None) -> datetime | None:
         raise FailureIndexError(f"cannot read since={since!r}: use 30m, 24h, 7d, 2w or an ISO 8601 time") from None
 
 
-def _ts(value: datetime) -> float:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.timestamp()
-
-
 def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def _dumps_list(value: Any) -> str:
-    return _dumps(list(value)) if value else "[]"
-
-
-_FAILURE_COLUMNS = (
-    "failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, traceback, "
-    "attempts, judge_feedback, constraints_violated, criteria_unmet, tool_calls, input_context_sha, "
-    "memory_snapshot_sha, graph_snapshot_sha, trace_id, span_id, agent_version, fingerprint, transient, "
-    "evolution_triggered, resolution"
-)
 DAY, HOUR = 86400, 3600
 _RESOLUTION_CHARS = 2000  # what was done, in a few sentences: advice and tools quote it whole
 _SELECT_FAILURE = f"""
-    SELECT {", ".join("f." + c.strip() for c in _FAILURE_COLUMNS.split(","))},
+    SELECT {", ".join("f." + c.strip() for c in FAILURE_COLUMNS.split(","))},
            ic.content, ms.content, gs.content
     FROM failures f
     LEFT JOIN blobs ic ON ic.sha256 = f.input_context_sha
     LEFT JOIN blobs ms ON ms.sha256 = f.memory_snapshot_sha
     LEFT JOIN blobs gs ON gs.sha256 = f.graph_snapshot_sha
 """
-_P = semconv.FAILURE_PREFIX
-_KINDS = frozenset(k.value for k in FailureKind)
-
-# The writer hands SQLite a whole batch as JSON in one statement, and this trigger writes it:
-# blobs, failures (an id already stored is skipped), their patterns and hourly/daily counters,
-# run outcomes. Each SQLite call gives up the GIL, and beside a busy application thread every
-# hand-off costs the writer a switch interval (5 ms) to get it back; one statement per batch
-# keeps it writing. A session counts for a pattern on its first failure of that pattern in the
-# file (in the hour and day of that failure); the pattern shows its newest failure.
-_BATCH_SCHEMA = (
-    "CREATE TEMP TABLE IF NOT EXISTS batch_in (failures TEXT NOT NULL, blobs TEXT NOT NULL, runs TEXT NOT NULL)",
-    "CREATE TEMP TABLE IF NOT EXISTS batch_mark (stored_before INTEGER NOT NULL, added INTEGER)",
-    # The failures this batch added: whether each is its session's first of its pattern, and what
-    # the counters group by, so that nothing below reads the failures table twice.
-    """CREATE TEMP TABLE IF NOT EXISTS batch_fresh (
-        id INTEGER PRIMARY KEY, first INTEGER NOT NULL, fingerprint TEXT NOT NULL, ts REAL NOT NULL,
-        version TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS temp.batch_fresh_latest ON batch_fresh (fingerprint, ts DESC, id)",
-    f"""
-    CREATE TEMP TRIGGER IF NOT EXISTS batch_written AFTER INSERT ON batch_in BEGIN
-        DELETE FROM batch_mark;
-        DELETE FROM batch_fresh;
-        INSERT INTO batch_mark (stored_before) SELECT coalesce(max(rowid), 0) FROM failures;
-        INSERT OR IGNORE INTO blobs (sha256, content, size)
-            SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(new.blobs);
-        INSERT INTO failures ({_FAILURE_COLUMNS})
-            SELECT {", ".join(f"value ->> {i}" for i in range(len(_FAILURE_COLUMNS.split(","))))}
-            FROM json_each(new.failures) WHERE true
-            ON CONFLICT (failure_id) DO NOTHING;
-        INSERT INTO batch_fresh (id, first, fingerprint, ts, version)
-            SELECT f.rowid, NOT EXISTS (
-                SELECT 1 FROM failures p INDEXED BY failures_session
-                WHERE p.session_id IS f.session_id AND p.fingerprint = f.fingerprint AND p.rowid < f.rowid),
-                f.fingerprint, f.ts, coalesce(f.agent_version, '')
-            FROM failures f WHERE f.rowid > (SELECT stored_before FROM batch_mark);
-        UPDATE batch_mark SET added = (SELECT count(*) FROM batch_fresh);
-        INSERT INTO patterns (fingerprint, agent_id, node_id, error_type, kind, sample_message, transient,
-                              count, sessions, first_seen, last_seen)
-            SELECT g.fingerprint, l.agent_id, l.node_id, l.error_type, l.kind, l.error_message, l.transient,
-                   g.n, g.sessions, g.first_ts, l.ts
-            FROM (SELECT fingerprint, count(*) AS n, sum(first) AS sessions, min(ts) AS first_ts,
-                         (SELECT latest.id FROM batch_fresh latest WHERE latest.fingerprint = b.fingerprint
-                          ORDER BY latest.ts DESC, latest.id LIMIT 1) AS latest_id
-                  FROM batch_fresh b GROUP BY fingerprint) g
-            CROSS JOIN failures l ON l.rowid = g.latest_id
-            WHERE true
-            ON CONFLICT (fingerprint) DO UPDATE SET
-                count = count + excluded.count,
-                sessions = sessions + excluded.sessions,
-                first_seen = min(first_seen, excluded.first_seen),
-                last_seen = max(last_seen, excluded.last_seen),
-                sample_message = CASE WHEN excluded.last_seen >= last_seen THEN excluded.sample_message
-                                      ELSE sample_message END;
-        INSERT INTO failure_counts (grain, bucket, fingerprint, agent_version, failures, sessions, first_ts,
-                                    last_ts)
-            SELECT g.grain, CAST(b.ts / g.grain AS INTEGER), b.fingerprint, b.version, count(*), sum(b.first),
-                   min(b.ts), max(b.ts)
-            FROM batch_fresh b, grains g
-            WHERE true GROUP BY 1, 2, 3, 4
-            ON CONFLICT DO UPDATE SET
-                failures = failures + excluded.failures, sessions = sessions + excluded.sessions,
-                first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts);
-        INSERT INTO runs (session_id, agent_id, agent_version, started_at, ended_at, success, quality, failures)
-            SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
-                   value ->> 7
-            FROM json_each(new.runs) WHERE true  -- in order: a run twice in a batch merges as in two batches
-            ON CONFLICT (session_id, agent_id) DO UPDATE SET
-                agent_version = coalesce(excluded.agent_version, agent_version),
-                started_at = min(started_at, excluded.started_at),
-                ended_at = max(ended_at, excluded.ended_at),
-                success = min(success, excluded.success),
-                quality = coalesce(excluded.quality, quality),
-                failures = failures + excluded.failures;
-        DELETE FROM batch_in;
-    END""",
-)
-_json_rows = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
-
-
-# The hive.failure attributes a failures row is made of, in the order _wire_rows unpacks them.
-_WIRE_KEYS = tuple(_P + name for name in (
-    "failure_id", "session_id", "agent_id", "node_id", "timestamp", "kind", "error_type", "error_message",
-    "traceback", "attempts", "judge_feedback", "constraints_violated", "criteria_unmet", "tool_calls",
-    "input_context", "memory_snapshot", "graph_snapshot", "trace_id", "span_id", "agent_version", "fingerprint",
-    "transient", "evolution_triggered", "resolution"))
-
-
-class _WireRows(NamedTuple):
-    failures: list[tuple[Any, ...]]  # in _FAILURE_COLUMNS order
-    blobs: list[tuple[str, str, int]]  # (sha256, content, size), each snapshot once
-
-
-def _wire_rows(failures: Iterable[Mapping[str, Any]]) -> _WireRows:
-    """Failures rows and their snapshot blobs from prepared ``hive.failure`` attributes.
-
-    Prepared attributes come from ``to_attributes`` of a validated FailureRecord, so only
-    what a row cannot do without is checked here: this loop is the writer's hot path, one
-    pass per batch. JSON text that span limits may have cut is tolerated when read back.
-    """
-    rows: list[tuple[Any, ...]] = []
-    hashes: dict[str, str] = {}  # snapshot text -> sha256: an agent's graph repeats in each of its failures
-    fromisoformat = datetime.fromisoformat
-    for attrs in failures:
-        (failure_id, session_id, agent_id, node_id, stamp, kind, error_type, error_message, traceback, attempts,
-         judge_feedback, constraints, criteria, tool_calls, input_context, memory, graph, trace_id, span_id,
-         agent_version, fingerprint, transient, evolved, resolution) = map(attrs.get, _WIRE_KEYS)
-        kind = kind or "exception"
-        attempts = 1 if attempts is None else attempts
-        if not (isinstance(failure_id, str) and isinstance(fingerprint, str) and isinstance(stamp, str)
-                and kind in _KINDS and type(attempts) is int):
-            raise FailureIndexError("a prepared failure needs failure_id, fingerprint, timestamp, a known kind and "
-                                    f"integer attempts; got {dict(attrs)!r:.200}")
-        try:
-            ts = _ts(fromisoformat(stamp))
-        except ValueError:
-            raise FailureIndexError(f"hive.failure.timestamp is not ISO 8601: {stamp!r:.40}") from None
-        shas = []
-        for text in (input_context, memory, graph):
-            if text is not None and text not in hashes:
-                hashes[text] = _sha256(text)
-            shas.append(None if text is None else hashes[text])
-        rows.append((
-            failure_id, session_id, agent_id, node_id, ts, kind, error_type or "unknown", error_message or "",
-            traceback, attempts, judge_feedback or "[]", _dumps_list(constraints), _dumps_list(criteria),
-            tool_calls or "[]", *shas, trace_id, span_id, agent_version, fingerprint, 1 if transient else 0,
-            1 if evolved else 0, resolution,
-        ))
-    return _WireRows(rows, [(sha, text, len(text)) for text, sha in hashes.items()])
 
 
 class FailureIndex:
-    """A local, queryable index of Hive failures and run outcomes."""
+    """A queryable index of Hive failures and run outcomes: a SQLite file, or a PostgreSQL database."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True, limits: Limits | None = None,
                  busy_timeout: float = 10.0) -> None:
-        self.path = Path(path).expanduser()
-        self.limits = limits or Limits.from_env()
-        self._lock = threading.RLock()
-        self._batch_ready = False  # the temp objects add_prepared writes through exist on this connection
-        if not self.path.exists():
-            if not create:
-                raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        # A reader (create=False) changes nothing in the file: no journal mode, no migration, no
-        # checkpoint on close. Only resolve() writes through it.
-        self._reader = not create
-        try:
-            self._conn = self._connect(busy_timeout)
-            if create:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-            # Foreign keys stay declared but unenforced (SQLite's default): the only writer puts a
-            # failure's blobs in the same transaction, before it, and nothing deletes blobs.
-            # Enforcing them re-checked that guarantee at ~10% of the write cost.
-            self._migrate(allowed=create)
-        except sqlite3.DatabaseError as exc:
-            raise FailureIndexError(f"{self.path} is not a usable failure index: {exc}") from exc
+        """``path``: a SQLite file, or a ``postgresql://`` URL (its database must exist; the schema is made).
 
-    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
-        """Read-write; a reader that may not write here (a read-only directory) reads the file as it is."""
-        targets = [str(self.path)]
-        if self._reader:
-            uri = self.path.resolve().as_uri()
-            targets += [f"{uri}?mode=ro", f"{uri}?immutable=1"]
-        *fallbacks, last = targets
-        for target in fallbacks:
-            try:
-                return _open_sqlite(target, busy_timeout)
-            except sqlite3.OperationalError:
-                continue
-        return _open_sqlite(last, busy_timeout)
+        ``create=False`` (readers) neither makes nor migrates anything.
+        """
+        self.limits = limits or Limits.from_env()
+        self._db: Backend
+        if is_server(str(path)):
+            from .postgres import PostgresBackend  # psycopg only for a server
+
+            self._db = PostgresBackend(str(path), create=create, connect_timeout=busy_timeout)
+            self.path: Path | str = self._db.location
+        else:
+            from .sqlite import SQLiteBackend
+
+            self.path = Path(path).expanduser()
+            self._db = SQLiteBackend(self.path, create=create, busy_timeout=busy_timeout)
 
     # --- lifecycle ------------------------------------------------------------------------
-    def _migrate(self, *, allowed: bool) -> None:
-        """Bring the schema up to date; a reader (``allowed=False``) never does, it may take long at 1M."""
-        with self._lock:
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > LATEST_VERSION:
-                raise FailureIndexError(
-                    f"{self.path} has schema version {version}, newer than this package knows "
-                    f"({LATEST_VERSION}); upgrade hive-otel-failures"
-                )
-            if version == LATEST_VERSION:
-                return
-            if not allowed:
-                if version == 0:
-                    raise FailureIndexError(f"{self.path} is not a failure index")
-                raise FailureIndexError(
-                    f"{self.path} has schema version {version} and this package reads {LATEST_VERSION}: "
-                    "run `hive-failures migrate` (or start an instrumented Hive process) to upgrade it once")
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
-                for number in range(version + 1, LATEST_VERSION + 1):
-                    for statement in _statements(MIGRATIONS[number - 1]):
-                        self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version = {number}")
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-
-    def _rollback(self) -> None:
-        """Roll back the open transaction unless SQLite already did (it may on FULL, IOERR, NOMEM, BUSY).
-
-        A ROLLBACK that fails with "no transaction is active" would hide the real error.
-        """
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return "sqlite" if isinstance(self.path, Path) else "postgresql"
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
-            return self._conn.execute("PRAGMA user_version").fetchone()[0]
+        return self._db.schema_version
 
     def close(self) -> None:
-        """Close; the writer checkpoints without waiting for readers (PASSIVE), readers never do."""
-        with self._lock:
-            if not self._reader:
-                try:
-                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass
-            self._conn.close()
+        """Close; a SQLite writer checkpoints without waiting for readers (PASSIVE), readers never do."""
+        self._db.close()
 
     def __enter__(self) -> "FailureIndex":
         return self
@@ -377,20 +142,10 @@ class FailureIndex:
         This is how the span processor writes: no second scrub, no model round trip. A
         malformed entry raises FailureIndexError and nothing of the call is written.
         """
-        rows = _wire_rows(failures)
-        batch = (_json_rows(rows.failures), _json_rows(rows.blobs), _json_rows(
-            [(o.session_id, o.agent_id or "", o.agent_version, _ts(o.started_at), _ts(o.ended_at), int(o.success),
-              o.quality, o.failures) for o in runs]))
-        with self._lock:
-            if not self._batch_ready:
-                self._conn.execute("PRAGMA temp_store = MEMORY")
-                for statement in _BATCH_SCHEMA:
-                    self._conn.execute(statement)
-                self._batch_ready = True
-            # One statement, so its own transaction: it takes the write lock before it reads (the
-            # busy timeout applies) and commits or rolls back whole.
-            self._conn.execute("INSERT INTO batch_in (failures, blobs, runs) VALUES (?, ?, ?)", batch)
-            return self._conn.execute("SELECT added FROM batch_mark").fetchone()[0]
+        rows = wire_rows(failures)
+        return self._db.add_batch(rows, [
+            (o.session_id, o.agent_id or "", o.agent_version, _ts(o.started_at), _ts(o.ended_at), int(o.success),
+             o.quality, o.failures) for o in runs])
 
     @_reading
     def resolve(self, fingerprint: str, resolution: str, evolution_triggered: bool = True,
@@ -402,20 +157,14 @@ class FailureIndex:
         if len(resolution) > _RESOLUTION_CHARS:
             resolution = resolution[:_RESOLUTION_CHARS - 1] + "…"
         now = datetime.now(timezone.utc)
-        with self._lock:
+        evolved = bool(evolution_triggered)
+        with self._db.session():
             fp = self._resolve_fingerprint(fingerprint)
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
-                    "INSERT INTO resolutions (fingerprint, ts, resolution, evolution_triggered, agent_version) "
-                    "VALUES (?, ?, ?, ?, ?)", (fp, _ts(now), resolution, int(evolution_triggered), agent_version))
-                self._conn.execute(
-                    "UPDATE failures SET resolution = ?, evolution_triggered = ? WHERE fingerprint = ? AND ts <= ?",
-                    (resolution, int(evolution_triggered), fp, _ts(now)))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
+            self._db.transaction([
+                ("INSERT INTO resolutions (fingerprint, ts, resolution, evolution_triggered, agent_version) "
+                 "VALUES (?, ?, ?, ?, ?)", (fp, _ts(now), resolution, evolved, agent_version)),
+                ("UPDATE failures SET resolution = ?, evolution_triggered = ? WHERE fingerprint = ? AND ts <= ?",
+                 (resolution, evolved, fp, _ts(now)))])
         return Resolution(fingerprint=fp, resolved_at=now, resolution=resolution,
                           evolution_triggered=evolution_triggered, agent_version=agent_version)
 
@@ -423,9 +172,9 @@ class FailureIndex:
         """The one pattern a fingerprint names: whole, a unique prefix, or either without its ``v1:`` version."""
         fingerprint = fingerprint.strip()
         prefix = with_version(fingerprint)
-        rows = self._conn.execute(
+        rows = self._db.fetchall(
             "SELECT fingerprint FROM patterns WHERE fingerprint = ? OR fingerprint LIKE ? ESCAPE '\\' LIMIT 2",
-            (prefix, _like_prefix(prefix))).fetchall()
+            (prefix, _like_prefix(prefix)))
         exact = [r[0] for r in rows if r[0] == prefix]
         if exact:
             return exact[0]
@@ -441,19 +190,18 @@ class FailureIndex:
         """The newest failures first, filtered by any combination of fields."""
         clauses, params = self._filters(agent_id=agent_id, node_id=node_id, error_type=error_type,
                                         session_id=session_id, since=since, fingerprint=fingerprint)
-        with self._lock:
-            rows = self._conn.execute(f"{_SELECT_FAILURE} {clauses} ORDER BY f.ts DESC LIMIT ?",
-                                      (*params, max(0, int(limit)))).fetchall()
+        rows = self._db.fetchall(f"{_SELECT_FAILURE} {clauses} ORDER BY f.ts DESC, f.{self._db.rowid} DESC LIMIT ?",
+                                 (*params, max(0, int(limit))))
         return [_record_from_row(row) for row in rows]
 
     @_reading
     def get(self, failure_id: str) -> FailureRecord | None:
         """One failure by id, or by a unique id prefix of at least 6 characters."""
-        with self._lock:
-            rows = self._conn.execute(f"{_SELECT_FAILURE} WHERE f.failure_id = ?", (failure_id,)).fetchall()
+        with self._db.session():
+            rows = self._db.fetchall(f"{_SELECT_FAILURE} WHERE f.failure_id = ?", (failure_id,))
             if not rows and len(failure_id) >= 6:
-                rows = self._conn.execute(f"{_SELECT_FAILURE} WHERE f.failure_id LIKE ? ESCAPE '\\' LIMIT 2",
-                                          (_like_prefix(failure_id),)).fetchall()
+                rows = self._db.fetchall(f"{_SELECT_FAILURE} WHERE f.failure_id LIKE ? ESCAPE '\\' LIMIT 2",
+                                         (_like_prefix(failure_id),))
         if len(rows) > 1:
             raise FailureIndexError(f"failure id prefix {failure_id!r} is ambiguous")
         return _record_from_row(rows[0]) if rows else None
@@ -472,9 +220,10 @@ class FailureIndex:
             params: list[Any] = []
         else:
             window, params = _window_sql(_bucket_ranges(_ts(start), None))
-            source = ("SELECT fingerprint, SUM(failures) AS count, MAX(SUM(sessions), 1) AS sessions, "
+            source = (f"SELECT fingerprint, SUM(failures) AS count, {self._db.greatest}(SUM(sessions), 1) AS sessions, "
                       "MIN(first_ts) AS first_seen, MAX(last_ts) AS last_seen "
                       f"FROM failure_counts c WHERE {window} GROUP BY fingerprint")
+        agent, agent_params = _only("p.agent_id", agent_id)
         sql = f"""
             SELECT p.fingerprint, p.agent_id, p.node_id, p.error_type, p.kind, p.sample_message, p.transient,
                    w.count, w.sessions, w.first_seen, w.last_seen,
@@ -482,11 +231,10 @@ class FailureIndex:
             FROM ({source}) w
             JOIN patterns p ON p.fingerprint = w.fingerprint
             LEFT JOIN resolutions r ON r.id = (SELECT max(id) FROM resolutions WHERE fingerprint = p.fingerprint)
-            WHERE (? IS NULL OR p.agent_id = ?)
-            ORDER BY w.count DESC, w.last_seen DESC
+            WHERE {agent}
+            ORDER BY w.count DESC, w.last_seen DESC, p.fingerprint
             LIMIT ?"""
-        with self._lock:
-            rows = self._conn.execute(sql, (*params, agent_id, agent_id, max(0, int(limit)))).fetchall()
+        rows = self._db.fetchall(sql, (*params, *agent_params, max(0, int(limit))))
         return [_pattern(r, resolution=r[11], resolved_at=_dt(r[12]), evolution_triggered=bool(r[13]),
                          resolved_in_version=r[14], recurred_after_resolution=r[12] is not None and r[10] > r[12])
                 for r in rows]
@@ -501,19 +249,18 @@ class FailureIndex:
         """
         start = parse_since(since)
         window, params = _window_sql(_bucket_ranges(_ts(start) if start else None, None))
-        with self._lock:
-            runs = self._conn.execute(
+        (run_agent, run_params), (agent, agent_params) = _only("c.agent_id", agent_id), _only("p.agent_id", agent_id)
+        with self._db.session():
+            runs = self._db.fetchall(
                 "SELECT agent_id, agent_version, SUM(runs), SUM(failed), MIN(first_ts) FROM run_counts c "
-                f"WHERE {window} AND (? IS NULL OR agent_id = ?) GROUP BY 1, 2",
-                (*params, agent_id, agent_id)).fetchall()
-            failures = self._conn.execute(
+                f"WHERE {window} AND {run_agent} GROUP BY 1, 2", (*params, *run_params))
+            failures = self._db.fetchall(
                 "SELECT p.agent_id, c.agent_version, p.node_id, p.kind, SUM(c.failures), SUM(c.sessions), "
                 "MIN(c.first_ts) FROM failure_counts c JOIN patterns p ON p.fingerprint = c.fingerprint "
-                f"WHERE {window} AND (? IS NULL OR p.agent_id = ?) GROUP BY c.fingerprint, c.agent_version",
-                (*params, agent_id, agent_id)).fetchall()
-            patterns = self._conn.execute(
+                f"WHERE {window} AND {agent} GROUP BY p.fingerprint, c.agent_version", (*params, *agent_params))
+            (patterns,) = self._db.fetchone(
                 f"SELECT COUNT(DISTINCT c.fingerprint) FROM failure_counts c JOIN patterns p USING (fingerprint) "
-                f"WHERE {window} AND (? IS NULL OR p.agent_id = ?)", (*params, agent_id, agent_id)).fetchone()[0]
+                f"WHERE {window} AND {agent}", (*params, *agent_params))
         nodes: dict[str | None, list[int]] = {}
         kinds: dict[str, int] = {}
         versions: dict[tuple[str, str], list[Any]] = {}  # (agent, version) -> runs, failed, failures, first seen
@@ -566,12 +313,12 @@ class FailureIndex:
         previous = _window_sql(_bucket_ranges(_ts(previous_start), _ts(start)))
         only = "" if fingerprints is None else f" AND c.fingerprint IN ({', '.join('?' * len(fingerprints))})"
         only_params = list(fingerprints or ())
-        with self._lock:
-            counts = self._conn.execute(
+        agent_only, agent_params = _only("p.agent_id", agent_id)
+        with self._db.session():
+            counts = self._db.fetchall(
                 "SELECT c.fingerprint, c.agent_version, SUM(c.failures), SUM(c.sessions), MIN(c.first_ts), "
                 f"MAX(c.last_ts) FROM failure_counts c JOIN patterns p ON p.fingerprint = c.fingerprint "
-                f"WHERE {recent[0]}{only} AND (? IS NULL OR p.agent_id = ?) GROUP BY 1, 2",
-                (*recent[1], *only_params, agent_id, agent_id)).fetchall()
+                f"WHERE {recent[0]}{only} AND {agent_only} GROUP BY 1, 2", (*recent[1], *only_params, *agent_params))
             by_pattern: dict[str, dict[str, VersionCounts]] = {}
             for fp, version, failures, sessions, first, last in counts:
                 by_pattern.setdefault(fp, {})[version] = VersionCounts(failures, sessions, first, last)
@@ -581,7 +328,7 @@ class FailureIndex:
             agents = sorted({p.agent_id or "" for p in patterns.values()})
             agent_in = f"agent_id IN ({', '.join('?' * len(agents))})"
             runs_now, runs_before = (
-                {a: (r, f) for a, r, f in self._conn.execute(
+                {a: (r, f) for a, r, f in self._db.fetchall(
                     f"SELECT agent_id, SUM(runs), SUM(failed) FROM run_counts c WHERE {where} AND {agent_in} "
                     "GROUP BY 1", (*params, *agents))}
                 for where, params in (recent, previous))
@@ -649,7 +396,7 @@ class FailureIndex:
         two-proportion z-test at ``alpha``), ``too_early`` with fewer than ``min_runs`` runs since
         (or no recurrence yet that chance could explain), ``not_fixed`` otherwise.
         """
-        with self._lock:
+        with self._db.session():
             fp = self._resolve_fingerprint(fingerprint)
             (pattern,) = self._patterns_by_fingerprint([fp])
             resolutions = self.resolutions(fp)
@@ -667,7 +414,7 @@ class FailureIndex:
         """
         if budget_chars < MIN_DIAGNOSIS_CHARS:
             raise FailureIndexError(f"budget_chars must be at least {MIN_DIAGNOSIS_CHARS}, got {budget_chars}")
-        with self._lock:
+        with self._db.session():
             fp = self._resolve_fingerprint(fingerprint)
             (pattern,) = self._patterns_by_fingerprint([fp])
             latest = self.recent(fingerprint=fp, limit=3)
@@ -679,29 +426,29 @@ class FailureIndex:
 
     # --- the counters behind the answers ---------------------------------------------------------
     def _patterns_by_fingerprint(self, fingerprints: Sequence[str]) -> list[Pattern]:
-        rows = self._conn.execute(
+        rows = self._db.fetchall(
             "SELECT fingerprint, agent_id, node_id, error_type, kind, sample_message, transient, count, sessions, "
             f"first_seen, last_seen FROM patterns WHERE fingerprint IN ({', '.join('?' * len(fingerprints))})",
-            list(fingerprints)).fetchall()
+            list(fingerprints))
         return [_pattern(r) for r in rows]
 
     def _last_resolutions(self, fingerprints: Sequence[str]) -> dict[str, Resolution]:
-        rows = self._conn.execute(
+        rows = self._db.fetchall(
             "SELECT fingerprint, ts, resolution, evolution_triggered, agent_version FROM resolutions WHERE id IN "
-            "(SELECT max(id) FROM resolutions GROUP BY fingerprint)").fetchall()
-        wanted = set(fingerprints)
+            f"(SELECT max(id) FROM resolutions WHERE fingerprint IN ({', '.join('?' * len(fingerprints))}) "
+            "GROUP BY fingerprint)", list(fingerprints))
         return {fp: Resolution(fingerprint=fp, resolved_at=_dt(ts), resolution=text, evolution_triggered=bool(e),
-                               agent_version=v) for fp, ts, text, e, v in rows if fp in wanted}
+                               agent_version=v) for fp, ts, text, e, v in rows}
 
     def _resolution_effect(self, pattern: Pattern, resolution: Resolution, *, min_runs: int,
                            alpha: float) -> ResolutionEffect:
         fp, agent = pattern.fingerprint, pattern.agent_id or ""
         resolved_ts = _ts(resolution.resolved_at)
-        runs = {v: (r, first) for v, r, first in self._conn.execute(
+        runs = {v: (r, first) for v, r, first in self._db.fetchall(
             "SELECT agent_version, SUM(runs), MIN(first_ts) FROM run_counts WHERE grain = ? AND agent_id = ? "
             "GROUP BY 1", (DAY, agent))}
-        hits = {v: (s, first) for v, s, first in self._conn.execute(
-            "SELECT agent_version, MAX(SUM(sessions), 1), MIN(first_ts) FROM failure_counts "
+        hits = {v: (s, first) for v, s, first in self._db.fetchall(
+            f"SELECT agent_version, {self._db.greatest}(SUM(sessions), 1), MIN(first_ts) FROM failure_counts "
             "WHERE fingerprint = ? AND grain = ? GROUP BY 1", (fp, DAY))}
         first_seen = {v: first for v, (_, first) in runs.items()}
         for v, (_, first) in hits.items():
@@ -714,14 +461,14 @@ class FailureIndex:
             before, after = side(split.before), side(split.after)
         else:  # no versions known: split by the hour of the resolution
             hour = int(resolved_ts / HOUR)
-            before_runs, after_runs = self._conn.execute(
+            before_runs, after_runs = self._db.fetchone(
                 "SELECT coalesce(SUM(runs) FILTER (WHERE bucket < ?), 0), "
                 "coalesce(SUM(runs) FILTER (WHERE bucket > ?), 0) FROM run_counts WHERE grain = ? AND agent_id = ?",
-                (hour, hour, HOUR, agent)).fetchone()
-            before_hits, after_hits = self._conn.execute(
+                (hour, hour, HOUR, agent))
+            before_hits, after_hits = self._db.fetchone(
                 "SELECT coalesce(SUM(sessions) FILTER (WHERE bucket < ?), 0), "
                 "coalesce(SUM(sessions) FILTER (WHERE bucket > ?), 0) "
-                "FROM failure_counts WHERE fingerprint = ? AND grain = ?", (hour, hour, fp, HOUR)).fetchone()
+                "FROM failure_counts WHERE fingerprint = ? AND grain = ?", (hour, hour, fp, HOUR))
             before, after = (before_runs, before_hits), (after_runs, after_hits)
         verdict, p, why = fix_verdict(before[1], before[0], after[1], after[0], min_runs=min_runs, alpha=alpha)
         return ResolutionEffect(
@@ -734,19 +481,20 @@ class FailureIndex:
 
     def _examples(self, fingerprint: str, limit: int = 3) -> list[tuple[str, str | None, str]]:
         """The pattern's newest failures: id, trace id and judge feedback (JSON)."""
-        return self._conn.execute(
-            "SELECT failure_id, trace_id, judge_feedback FROM failures WHERE fingerprint = ? ORDER BY ts DESC LIMIT ?",
-            (fingerprint, limit)).fetchall()
+        return self._db.fetchall(  # type: ignore[return-value]
+            "SELECT failure_id, trace_id, judge_feedback FROM failures WHERE fingerprint = ? "
+            f"ORDER BY ts DESC, {self._db.rowid} DESC LIMIT ?", (fingerprint, limit))
 
     def _definitions(self, fingerprint: str, agent_id: str | None) -> Definitions | None:
         """The definition the pattern first failed in, the newest one stored for its agent, the newest version."""
         snapshot = ("SELECT f.agent_version, b.content FROM failures f JOIN blobs b ON b.sha256 = f.graph_snapshot_sha "
-                    "WHERE {} ORDER BY f.ts {} LIMIT 1")
-        first = self._conn.execute(snapshot.format("f.fingerprint = ?", "ASC"), (fingerprint,)).fetchone()
-        newest = self._conn.execute(snapshot.format("f.agent_id IS ?", "DESC"), (agent_id,)).fetchone()
-        newest_run = self._conn.execute(
+                    "WHERE {} ORDER BY f.ts {}, f.{} {} LIMIT 1")
+        agent, agent_params = _same("f.agent_id", agent_id)
+        first = self._db.fetchone(snapshot.format("f.fingerprint = ?", "ASC", self._db.rowid, "ASC"), (fingerprint,))
+        newest = self._db.fetchone(snapshot.format(agent, "DESC", self._db.rowid, "DESC"), agent_params)
+        newest_run = self._db.fetchone(
             "SELECT agent_version FROM run_counts WHERE grain = ? AND agent_id = ? AND agent_version != '' "
-            "GROUP BY agent_version ORDER BY MIN(first_ts) DESC LIMIT 1", (DAY, agent_id or "")).fetchone()
+            "GROUP BY agent_version ORDER BY MIN(first_ts) DESC LIMIT 1", (DAY, agent_id or ""))
         if first is None or newest is None:
             return None
         return Definitions(first_failing_version=first[0], first_failing=load_json_field("graph_snapshot", first[1]),
@@ -756,11 +504,11 @@ class FailureIndex:
     @_reading
     def resolutions(self, fingerprint: str) -> list[Resolution]:
         """What was done about a pattern, oldest first."""
-        with self._lock:
+        with self._db.session():
             fp = self._resolve_fingerprint(fingerprint)
-            rows = self._conn.execute(
+            rows = self._db.fetchall(
                 "SELECT ts, resolution, evolution_triggered, agent_version FROM resolutions "
-                "WHERE fingerprint = ? ORDER BY ts", (fp,)).fetchall()
+                "WHERE fingerprint = ? ORDER BY ts, id", (fp,))
         return [Resolution(fingerprint=fp, resolved_at=_dt(t), resolution=r, evolution_triggered=bool(e),
                            agent_version=v) for t, r, e, v in rows]
 
@@ -775,6 +523,17 @@ class FailureIndex:
             clauses.append("f.ts >= ?")
             params.append(_ts(start))
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _only(column: str, value: str | None) -> tuple[str, list[str]]:
+    """An optional filter on ``column``: every row when ``value`` is None."""
+    return ("TRUE", []) if value is None else (f"{column} = ?", [value])
+
+
+def _same(column: str, value: str | None) -> tuple[str, list[str]]:
+    """``column`` equal to ``value``, None to NULL (SQLite's IS, PostgreSQL's IS NOT DISTINCT FROM), as an index
+    lookup both can make."""
+    return (f"{column} IS NULL", []) if value is None else (f"{column} = ?", [value])
 
 
 _FAR = 1 << 40  # a bucket beyond any real time
@@ -856,18 +615,6 @@ def _feedback_excerpts(texts: Iterable[str], limit: int = 3, width: int = 200) -
             if len(excerpts) >= limit:
                 return excerpts
     return excerpts
-
-
-def _statements(script: str) -> Iterable[str]:
-    """The statements of a migration, triggers' bodies kept whole."""
-    statement = ""
-    for line in script.splitlines(keepends=True):
-        statement += line
-        if sqlite3.complete_statement(statement):
-            yield statement
-            statement = ""
-    if statement.strip():
-        raise FailureIndexError(f"incomplete statement in a migration: {statement.strip()[:80]!r}")
 
 
 def _pattern(row: Sequence[Any], **resolution: Any) -> Pattern:

@@ -1,0 +1,189 @@
+"""What the failure index's two backends share: the rows a batch is made of, and what each must do.
+
+``FailureIndex`` (store.py) writes its queries once, in SQL both SQLite and PostgreSQL run, with
+``?`` placeholders; a backend runs them on its connection(s) and does the few things that differ:
+opening (and read-only opening), the schema's version and migrations, the batch write, a
+transaction, and a few SQL fragments (scalar ``max`` vs ``GREATEST``, SQLite's ``rowid`` vs
+``failures.seq``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+from .. import semconv
+from ..record import FailureKind
+from .schema import LATEST_VERSION
+
+
+class FailureIndexError(Exception):
+    """The index cannot be opened or used (missing, corrupt, newer schema, bad argument)."""
+
+
+def is_server(location: str) -> bool:
+    """Whether an index location is a PostgreSQL server, ``postgresql://...`` (else a SQLite file)."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """A location without its password, for messages."""
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url))
+
+
+def _sha256(text: str) -> str:
+    """sha256 of a snapshot, fed in pieces hashlib hashes without giving up the GIL (it does above 2 KiB)."""
+    data, digest = text.encode("utf-8"), hashlib.sha256()
+    for start in range(0, len(data), 2000):
+        digest.update(data[start:start + 2000])
+    return digest.hexdigest()
+
+
+def _ts(value: datetime) -> float:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+FAILURE_COLUMNS = (
+    "failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, traceback, "
+    "attempts, judge_feedback, constraints_violated, criteria_unmet, tool_calls, input_context_sha, "
+    "memory_snapshot_sha, graph_snapshot_sha, trace_id, span_id, agent_version, fingerprint, transient, "
+    "evolution_triggered, resolution"
+)
+RUN_COLUMNS = "session_id, agent_id, agent_version, started_at, ended_at, success, quality, failures"
+_P = semconv.FAILURE_PREFIX
+_KINDS = frozenset(k.value for k in FailureKind)
+
+# The hive.failure attributes a failures row is made of, in the order wire_rows unpacks them.
+_WIRE_KEYS = tuple(_P + name for name in (
+    "failure_id", "session_id", "agent_id", "node_id", "timestamp", "kind", "error_type", "error_message",
+    "traceback", "attempts", "judge_feedback", "constraints_violated", "criteria_unmet", "tool_calls",
+    "input_context", "memory_snapshot", "graph_snapshot", "trace_id", "span_id", "agent_version", "fingerprint",
+    "transient", "evolution_triggered", "resolution"))
+
+
+class WireRows(NamedTuple):
+    failures: list[tuple[Any, ...]]  # in FAILURE_COLUMNS order; flags as 0/1
+    blobs: list[tuple[str, str, int]]  # (sha256, content, size), each snapshot once
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _dumps_list(value: Any) -> str:
+    return _dumps(list(value)) if value else "[]"
+
+
+def wire_rows(failures: Iterable[Mapping[str, Any]]) -> WireRows:
+    """Failures rows and their snapshot blobs from prepared ``hive.failure`` attributes.
+
+    Prepared attributes come from ``to_attributes`` of a validated FailureRecord, so only
+    what a row cannot do without is checked here: this loop is the writer's hot path, one
+    pass per batch. JSON text that span limits may have cut is tolerated when read back.
+    """
+    rows: list[tuple[Any, ...]] = []
+    hashes: dict[str, str] = {}  # snapshot text -> sha256: an agent's graph repeats in each of its failures
+    fromisoformat = datetime.fromisoformat
+    for attrs in failures:
+        (failure_id, session_id, agent_id, node_id, stamp, kind, error_type, error_message, traceback, attempts,
+         judge_feedback, constraints, criteria, tool_calls, input_context, memory, graph, trace_id, span_id,
+         agent_version, fingerprint, transient, evolved, resolution) = map(attrs.get, _WIRE_KEYS)
+        kind = kind or "exception"
+        attempts = 1 if attempts is None else attempts
+        if not (isinstance(failure_id, str) and isinstance(fingerprint, str) and isinstance(stamp, str)
+                and kind in _KINDS and type(attempts) is int):
+            raise FailureIndexError("a prepared failure needs failure_id, fingerprint, timestamp, a known kind and "
+                                    f"integer attempts; got {dict(attrs)!r:.200}")
+        try:
+            ts = _ts(fromisoformat(stamp))
+        except ValueError:
+            raise FailureIndexError(f"hive.failure.timestamp is not ISO 8601: {stamp!r:.40}") from None
+        shas = []
+        for text in (input_context, memory, graph):
+            if text is not None and text not in hashes:
+                hashes[text] = _sha256(text)
+            shas.append(None if text is None else hashes[text])
+        rows.append((
+            failure_id, session_id, agent_id, node_id, ts, kind, error_type or "unknown", error_message or "",
+            traceback, attempts, judge_feedback or "[]", _dumps_list(constraints), _dumps_list(criteria),
+            tool_calls or "[]", *shas, trace_id, span_id, agent_version, fingerprint, 1 if transient else 0,
+            1 if evolved else 0, resolution,
+        ))
+    return WireRows(rows, [(sha, text, len(text)) for text, sha in hashes.items()])
+
+
+Params = Sequence[Any]
+
+
+class Backend:
+    """One backend's connection(s) to an index; FailureIndex's queries run through it.
+
+    Subclasses set the class attributes and implement the methods that raise here.
+    """
+
+    location: str  # what messages name: the file, or the server URL without its password
+    errors: tuple[type[BaseException], ...]  # a query's database errors, reported as FailureIndexError
+    greatest = "max"  # the scalar max of two values (SQLite's max(a, b), PostgreSQL's GREATEST)
+    rowid = "rowid"  # the order failures were stored in
+
+    def session(self) -> AbstractContextManager[Any]:
+        """One connection for the statements of a query (reentrant in a thread)."""
+        raise NotImplementedError
+
+    def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def fetchone(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        rows = self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    def transaction(self, statements: Sequence[tuple[str, Params]]) -> None:
+        """Run these statements in one transaction (a reader may write through it: resolve)."""
+        raise NotImplementedError
+
+    def add_batch(self, rows: WireRows, runs: list[tuple[Any, ...]]) -> int:
+        """Write a batch (runs in RUN_COLUMNS order, success as 0/1) in one transaction; the new failures."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # --- the schema -------------------------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        raise NotImplementedError
+
+    def _migrating(self) -> AbstractContextManager[int]:
+        """A transaction that no other process migrates in at once; yields the version it found."""
+        raise NotImplementedError
+
+    def _apply(self, number: int) -> None:
+        """Run migration ``number`` (1-based) and record it as the schema's version."""
+        raise NotImplementedError
+
+    def migrate(self, *, allowed: bool) -> None:
+        """Bring the schema up to date; a reader (``allowed=False``) never does, it may take long at 1M."""
+        version = self.schema_version
+        if version > LATEST_VERSION:
+            raise FailureIndexError(
+                f"{self.location} has schema version {version}, newer than this package knows "
+                f"({LATEST_VERSION}); upgrade hive-otel-failures")
+        if version == LATEST_VERSION:
+            return
+        if not allowed:
+            if version == 0:
+                raise FailureIndexError(f"{self.location} is not a failure index")
+            raise FailureIndexError(
+                f"{self.location} has schema version {version} and this package reads {LATEST_VERSION}: "
+                "run `hive-failures migrate` (or start an instrumented Hive process) to upgrade it once")
+        with self._migrating() as version:  # another process may have won
+            for number in range(version + 1, LATEST_VERSION + 1):
+                self._apply(number)
+

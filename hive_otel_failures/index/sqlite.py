@@ -1,0 +1,234 @@
+"""The failure index in a SQLite file: one connection, guarded by a lock.
+
+The processor's writer thread and readers in the same process share it; other processes read
+concurrently thanks to WAL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .backend import FAILURE_COLUMNS, RUN_COLUMNS, Backend, FailureIndexError, Params, WireRows
+from .schema import MIGRATIONS
+
+# The writer hands SQLite a whole batch as JSON in one statement, and this trigger writes it:
+# blobs, failures (an id already stored is skipped), their patterns and hourly/daily counters,
+# run outcomes. Each SQLite call gives up the GIL, and beside a busy application thread every
+# hand-off costs the writer a switch interval (5 ms) to get it back; one statement per batch
+# keeps it writing. A session counts for a pattern on its first failure of that pattern in the
+# file (in the hour and day of that failure); the pattern shows its newest failure.
+_BATCH_SCHEMA = (
+    "CREATE TEMP TABLE IF NOT EXISTS batch_in (failures TEXT NOT NULL, blobs TEXT NOT NULL, runs TEXT NOT NULL)",
+    "CREATE TEMP TABLE IF NOT EXISTS batch_mark (stored_before INTEGER NOT NULL, added INTEGER)",
+    # The failures this batch added: whether each is its session's first of its pattern, and what
+    # the counters group by, so that nothing below reads the failures table twice.
+    """CREATE TEMP TABLE IF NOT EXISTS batch_fresh (
+        id INTEGER PRIMARY KEY, first INTEGER NOT NULL, fingerprint TEXT NOT NULL, ts REAL NOT NULL,
+        version TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS temp.batch_fresh_latest ON batch_fresh (fingerprint, ts DESC, id)",
+    f"""
+    CREATE TEMP TRIGGER IF NOT EXISTS batch_written AFTER INSERT ON batch_in BEGIN
+        DELETE FROM batch_mark;
+        DELETE FROM batch_fresh;
+        INSERT INTO batch_mark (stored_before) SELECT coalesce(max(rowid), 0) FROM failures;
+        INSERT OR IGNORE INTO blobs (sha256, content, size)
+            SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(new.blobs);
+        INSERT INTO failures ({FAILURE_COLUMNS})
+            SELECT {", ".join(f"value ->> {i}" for i in range(len(FAILURE_COLUMNS.split(","))))}
+            FROM json_each(new.failures) WHERE true
+            ON CONFLICT (failure_id) DO NOTHING;
+        INSERT INTO batch_fresh (id, first, fingerprint, ts, version)
+            SELECT f.rowid, NOT EXISTS (
+                SELECT 1 FROM failures p INDEXED BY failures_session
+                WHERE p.session_id IS f.session_id AND p.fingerprint = f.fingerprint AND p.rowid < f.rowid),
+                f.fingerprint, f.ts, coalesce(f.agent_version, '')
+            FROM failures f WHERE f.rowid > (SELECT stored_before FROM batch_mark);
+        UPDATE batch_mark SET added = (SELECT count(*) FROM batch_fresh);
+        INSERT INTO patterns (fingerprint, agent_id, node_id, error_type, kind, sample_message, transient,
+                              count, sessions, first_seen, last_seen)
+            SELECT g.fingerprint, l.agent_id, l.node_id, l.error_type, l.kind, l.error_message, l.transient,
+                   g.n, g.sessions, g.first_ts, l.ts
+            FROM (SELECT fingerprint, count(*) AS n, sum(first) AS sessions, min(ts) AS first_ts,
+                         (SELECT latest.id FROM batch_fresh latest WHERE latest.fingerprint = b.fingerprint
+                          ORDER BY latest.ts DESC, latest.id LIMIT 1) AS latest_id
+                  FROM batch_fresh b GROUP BY fingerprint) g
+            CROSS JOIN failures l ON l.rowid = g.latest_id
+            WHERE true
+            ON CONFLICT (fingerprint) DO UPDATE SET
+                count = count + excluded.count,
+                sessions = sessions + excluded.sessions,
+                first_seen = min(first_seen, excluded.first_seen),
+                last_seen = max(last_seen, excluded.last_seen),
+                sample_message = CASE WHEN excluded.last_seen >= last_seen THEN excluded.sample_message
+                                      ELSE sample_message END;
+        INSERT INTO failure_counts (grain, bucket, fingerprint, agent_version, failures, sessions, first_ts,
+                                    last_ts)
+            SELECT g.grain, CAST(b.ts / g.grain AS INTEGER), b.fingerprint, b.version, count(*), sum(b.first),
+                   min(b.ts), max(b.ts)
+            FROM batch_fresh b, grains g
+            WHERE true GROUP BY 1, 2, 3, 4
+            ON CONFLICT DO UPDATE SET
+                failures = failures + excluded.failures, sessions = sessions + excluded.sessions,
+                first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts);
+        INSERT INTO runs ({RUN_COLUMNS})
+            SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
+                   value ->> 7
+            FROM json_each(new.runs) WHERE true  -- in order: a run twice in a batch merges as in two batches
+            ON CONFLICT (session_id, agent_id) DO UPDATE SET
+                agent_version = coalesce(excluded.agent_version, agent_version),
+                started_at = min(started_at, excluded.started_at),
+                ended_at = max(ended_at, excluded.ended_at),
+                success = min(success, excluded.success),
+                quality = coalesce(excluded.quality, quality),
+                failures = failures + excluded.failures;
+        DELETE FROM batch_in;
+    END""",
+)
+_json_rows = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
+
+
+def _open_sqlite(target: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection that has read the file once (SQLite opens lazily), or the error that stopped it."""
+    conn = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None, check_same_thread=False,
+                           uri=target.startswith("file:"))
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+def _statements(script: str) -> Iterable[str]:
+    """The statements of a migration, triggers' bodies kept whole."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    if statement.strip():
+        raise FailureIndexError(f"incomplete statement in a migration: {statement.strip()[:80]!r}")
+
+
+class SQLiteBackend(Backend):
+    errors = (sqlite3.DatabaseError,)
+
+    def __init__(self, path: Path, *, create: bool, busy_timeout: float) -> None:
+        self.path = path
+        self.location = str(path)
+        self._lock = threading.RLock()
+        self._batch_ready = False  # the temp objects add_batch writes through exist on this connection
+        if not self.path.exists():
+            if not create:
+                raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        # A reader (create=False) changes nothing in the file: no journal mode, no migration, no
+        # checkpoint on close. Only resolve() writes through it.
+        self._reader = not create
+        try:
+            self._conn = self._connect(busy_timeout)
+            if create:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+            # Foreign keys stay declared but unenforced (SQLite's default): the only writer puts a
+            # failure's blobs in the same transaction, before it, and nothing deletes blobs.
+            # Enforcing them re-checked that guarantee at ~10% of the write cost.
+            self.migrate(allowed=create)
+        except sqlite3.DatabaseError as exc:
+            raise FailureIndexError(f"{self.path} is not a usable failure index: {exc}") from exc
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        """Read-write; a reader that may not write here (a read-only directory) reads the file as it is."""
+        targets = [str(self.path)]
+        if self._reader:
+            uri = self.path.resolve().as_uri()
+            targets += [f"{uri}?mode=ro", f"{uri}?immutable=1"]
+        *fallbacks, last = targets
+        for target in fallbacks:
+            try:
+                return _open_sqlite(target, busy_timeout)
+            except sqlite3.OperationalError:
+                continue
+        return _open_sqlite(last, busy_timeout)
+
+    # --- the schema -------------------------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def _migrating(self) -> Iterator[int]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn.execute("PRAGMA user_version").fetchone()[0]
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _apply(self, number: int) -> None:
+        for statement in _statements(MIGRATIONS[number - 1]):
+            self._conn.execute(statement)
+        self._conn.execute(f"PRAGMA user_version = {number}")
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction unless SQLite already did (it may on FULL, IOERR, NOMEM, BUSY).
+
+        A ROLLBACK that fails with "no transaction is active" would hide the real error.
+        """
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    # --- statements -------------------------------------------------------------------------------
+    def session(self) -> threading.RLock:
+        return self._lock
+
+    def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def transaction(self, statements: Iterable[tuple[str, Params]]) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    self._conn.execute(sql, params)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def add_batch(self, rows: WireRows, runs: list[tuple[Any, ...]]) -> int:
+        batch = (_json_rows(rows.failures), _json_rows(rows.blobs), _json_rows(runs))
+        with self._lock:
+            if not self._batch_ready:
+                self._conn.execute("PRAGMA temp_store = MEMORY")
+                for statement in _BATCH_SCHEMA:
+                    self._conn.execute(statement)
+                self._batch_ready = True
+            # One statement, so its own transaction: it takes the write lock before it reads (the
+            # busy timeout applies) and commits or rolls back whole.
+            self._conn.execute("INSERT INTO batch_in (failures, blobs, runs) VALUES (?, ?, ?)", batch)
+            return self._conn.execute("SELECT added FROM batch_mark").fetchone()[0]
+
+    def close(self) -> None:
+        """Close; the writer checkpoints without waiting for readers (PASSIVE), readers never do."""
+        with self._lock:
+            if not self._reader:
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass
+            self._conn.close()
