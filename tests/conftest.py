@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hive_otel_failures import FailureIndexProcessor, open_index
+
+from .pg_server import ENV_SKIP, ENV_URL, PostgresServer, find_bindir
 
 
 @pytest.fixture(autouse=True)
@@ -106,3 +108,54 @@ def receiver() -> Iterator[OTLPReceiver]:
     r = OTLPReceiver()
     yield r
     r.server.shutdown()
+
+
+# --- the index on both backends ---------------------------------------------------------------
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (see tests/pg_server.py); missing binaries fail, never skip silently."""
+    if os.environ.get(ENV_URL):
+        yield PostgresServer(url=os.environ[ENV_URL])
+        return
+    if os.environ.get(ENV_SKIP) == "1":
+        pytest.skip(f"{ENV_SKIP}=1: no PostgreSQL server for these tests")
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.fail("no PostgreSQL binaries (initdb, pg_ctl): install Debian's postgresql package, set "
+                    f"HIVE_FAILURES_TEST_PG_BIN or {ENV_URL}, or {ENV_SKIP}=1 to skip these tests")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def new_location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """Makes fresh, empty index locations of the test's backend: a SQLite path, or a new PostgreSQL database."""
+    made: list[str] = []
+    server = request.getfixturevalue("postgres_server") if backend == "postgresql" else None
+
+    def location() -> str:
+        if server is None:
+            made.append(str(tmp_path / f"failures-{len(made)}.db"))
+        else:
+            made.append(server.database())
+        return made[-1]
+
+    yield location
+    if server is not None:
+        for url in made:
+            server.drop(url)
+
+
+@pytest.fixture
+def db_location(new_location: Callable[[], str]) -> str:
+    """An empty index location (a SQLite path or a PostgreSQL URL): each test runs on both backends."""
+    return new_location()

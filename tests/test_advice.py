@@ -1,15 +1,18 @@
-"""Evolution advice, fix effects, by-version stats and the diagnosis bundle, through the public API."""
+"""Evolution advice, fix effects, by-version stats and the diagnosis bundle, through the public API, on both
+backends (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
 import hive_otel_failures as hof
-from hive_otel_failures.index.schema import MIGRATIONS
+from hive_otel_failures.index.backend import FAILURE_COLUMNS, RUN_COLUMNS
+from hive_otel_failures.index.schema import LATEST_VERSION
+
+from .raw_index import raw
 
 NOW = datetime.now(timezone.utc)
 AN_HOUR_AGO = NOW - timedelta(hours=1)
@@ -30,8 +33,8 @@ def runs(n: int, *, failed: int = 0, agent: str = "billing", version: str | None
 
 
 @pytest.fixture
-def index(tmp_path: Path):
-    with hof.open_index(tmp_path / "advice.db") as idx:
+def index(db_location: str):
+    with hof.open_index(db_location) as idx:
         yield idx
 
 
@@ -206,7 +209,8 @@ def test_a_run_recorded_again_is_counted_once_with_its_last_outcome(index: hof.F
     assert (stats.runs, stats.failed_runs) == (1, 1)
 
 
-def test_a_run_twice_in_one_batch_merges_as_in_two(index: hof.FailureIndex, tmp_path) -> None:
+def test_a_run_twice_in_one_batch_merges_as_in_two(index: hof.FailureIndex,
+                                                   new_location: Callable[[], str]) -> None:
     """The writer upserts a batch's runs in one statement: its rows must still merge one after the other."""
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     first = hof.RunOutcome(session_id="s1", agent_id="billing", agent_version="v1", success=True,
@@ -215,13 +219,12 @@ def test_a_run_twice_in_one_batch_merges_as_in_two(index: hof.FailureIndex, tmp_
                            started_at=t0 + timedelta(hours=2), ended_at=t0 + timedelta(hours=2, seconds=5))
     other = hof.RunOutcome(session_id="s2", agent_id="billing", success=True, started_at=t0, ended_at=t0)
     index.add(runs=[first, again, other])
-    with hof.open_index(tmp_path / "two-calls.db") as apart:
+    with hof.open_index(new_location()) as apart:
         apart.add(runs=[first])
         apart.add(runs=[again, other])
-        expected = [apart._conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4").fetchall()
-                    for t in ("runs", "run_counts")]
-    assert [index._conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4").fetchall()
-            for t in ("runs", "run_counts")] == expected
+        expected = [apart._db.fetchall(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4") for t in ("runs", "run_counts")]
+    assert [index._db.fetchall(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4") for t in ("runs", "run_counts")] == expected
+    assert len(expected[1]) == 4  # by hour and day: s1 in v2 (failed), s2 without a version
     assert (index.stats().runs, index.stats().failed_runs) == (2, 1)
 
 
@@ -297,27 +300,29 @@ def test_a_fingerprint_may_leave_out_its_version(index: hof.FailureIndex) -> Non
     assert index.fix_effect(fp.split(":", 1)[1][:8]).fingerprint == fp
 
 
-def test_a_migrated_index_counts_what_the_writer_counts(tmp_path: Path) -> None:
+TABLES = {"blobs": "sha256, content, size", "failures": FAILURE_COLUMNS, "runs": RUN_COLUMNS,
+          "patterns": "fingerprint, agent_id, node_id, error_type, kind, sample_message, transient, count, sessions, "
+                      "first_seen, last_seen"}
+
+
+def test_a_migrated_index_counts_what_the_writer_counts(new_location: Callable[[], str]) -> None:
     """Counters of an index from before them are rebuilt by the migration, equal to the writer's own."""
     failures = [fail(f"s{i % 4}", ts=NOW - timedelta(hours=5 * i), node=f"n{i % 2}") for i in range(12)]
     outcomes = runs(12, failed=4) + runs(6, version="v2", ts=NOW - timedelta(days=3))
-    with hof.open_index(tmp_path / "new.db") as new:
+    with hof.open_index(new_location()) as new:
         new.add(failures, outcomes)
         day_ago, two_days_ago = NOW - timedelta(days=1), NOW - timedelta(days=2)
         expected = (new.stats(), new.stats(since=day_ago), new.patterns(since=two_days_ago), new.advise())
-        rows = {t: new._conn.execute(f"SELECT * FROM {t}").fetchall()
-                for t in ("failures", "blobs", "patterns", "runs")}
-    old = sqlite3.connect(tmp_path / "old.db")
-    for number, script in enumerate(MIGRATIONS[:2], start=1):
-        old.executescript(script)
-        old.execute(f"PRAGMA user_version = {number}")
-    for table, values in rows.items():
-        if values:
-            old.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(values[0]))})", values)
-    old.commit()
-    old.close()
-    with hof.open_index(tmp_path / "old.db") as migrated:
-        assert migrated.schema_version == len(MIGRATIONS)
+        rows = {t: new._db.fetchall(f"SELECT {columns} FROM {t}"  # failures in the order they were stored
+                                    + (f" ORDER BY {new._db.rowid}" if t == "failures" else ""))
+                for t, columns in TABLES.items()}
+    old_location = new_location()
+    with raw(old_location) as old:
+        old.migrate_to(2)
+        for table, values in rows.items():  # a session counts on its first failure stored
+            old.insert(table, TABLES[table], values)
+    with hof.open_index(old_location) as migrated:
+        assert migrated.schema_version == LATEST_VERSION
         got = (migrated.stats(), migrated.stats(since=day_ago), migrated.patterns(since=two_days_ago),
                migrated.advise())
     assert got[:3] == expected[:3]
@@ -399,14 +404,17 @@ def test_diagnose_refuses_a_budget_too_small_to_be_useful(index: hof.FailureInde
     assert "more)" in small.markdown and len(small.trimmed) > 5  # the note names a few; `trimmed` has them all
 
 
-def test_readers_never_migrate(tmp_path: Path) -> None:
-    old = sqlite3.connect(tmp_path / "old.db")
-    old.executescript(MIGRATIONS[0])
-    old.execute("PRAGMA user_version = 1")
-    old.close()
+def test_readers_never_migrate(new_location: Callable[[], str]) -> None:
+    old_location, foreign_location = new_location(), new_location()
+    with raw(old_location) as old:
+        old.migrate_to(1)
     with pytest.raises(hof.FailureIndexError, match="hive-failures migrate"):
-        hof.open_index(tmp_path / "old.db", create=False)
-    assert sqlite3.connect(tmp_path / "old.db").execute("PRAGMA user_version").fetchone()[0] == 1
-    sqlite3.connect(tmp_path / "foreign.db").execute("CREATE TABLE t (x)")
+        hof.open_index(old_location, create=False)
+    with raw(old_location) as old:
+        assert old.version == 1
+    with raw(foreign_location) as foreign:
+        foreign.execute("CREATE TABLE t (x integer)")
     with pytest.raises(hof.FailureIndexError, match="not a failure index"):
-        hof.open_index(tmp_path / "foreign.db", create=False)
+        hof.open_index(foreign_location, create=False)
+    with raw(foreign_location) as foreign:
+        assert foreign.version == 0

@@ -1,10 +1,14 @@
-"""The SQLite failure index: schema, migrations, queries, resolutions and advice."""
+"""The failure index on both backends (SQLite, PostgreSQL): schema, migrations, queries, resolutions, advice."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -13,8 +17,11 @@ from pathlib import Path
 import pytest
 
 import hive_otel_failures as hof
-from hive_otel_failures.index.schema import LATEST_VERSION, MIGRATIONS
+from hive_otel_failures.index import index_path
+from hive_otel_failures.index.schema import LATEST_VERSION
 from hive_otel_failures.record import prepare, to_attributes
+
+from .raw_index import raw
 
 
 def failure(i: int, **kw) -> hof.FailureRecord:
@@ -27,7 +34,7 @@ def failure(i: int, **kw) -> hof.FailureRecord:
 def test_file_mode_wal_and_schema_version(db_path: Path) -> None:
     with hof.open_index(db_path) as index:
         assert index.schema_version == LATEST_VERSION
-        mode = index._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        (mode,) = index._db.fetchone("PRAGMA journal_mode")
     assert mode == "wal"
     assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
 
@@ -40,20 +47,17 @@ def test_default_location_env_and_hive_home(tmp_path: Path, monkeypatch: pytest.
         assert index.path == tmp_path / "env.db"
 
 
-def test_older_schema_is_migrated_without_losing_rows(db_path: Path) -> None:
-    conn = sqlite3.connect(db_path)
-    conn.executescript(MIGRATIONS[0])
-    conn.execute("PRAGMA user_version = 1")
-    conn.execute(
-        "INSERT INTO failures (failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, "
-        "attempts, judge_feedback, constraints_violated, criteria_unmet, tool_calls, fingerprint, transient) "
-        "VALUES ('old1', 's-old', 'a', 'n', 1700000000.0, 'exception', 'E', 'old failure', 2, '[]', '[]', '[]', "
-        "'[]', 'v1:old', 0)")
-    conn.execute("INSERT INTO patterns VALUES ('v1:old', 'a', 'n', 'E', 'exception', 'old failure', 0, 1, 1, "
-                 "1700000000.0, 1700000000.0)")
-    conn.commit()
-    conn.close()
-    with hof.open_index(db_path) as index:
+def test_older_schema_is_migrated_without_losing_rows(db_location: str) -> None:
+    with raw(db_location) as old:
+        old.migrate_to(1)
+        old.insert("failures", "failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, "
+                   "attempts, judge_feedback, constraints_violated, criteria_unmet, tool_calls, fingerprint, transient",
+                   [("old1", "s-old", "a", "n", 1700000000.0, "exception", "E", "old failure", 2, "[]", "[]", "[]",
+                     "[]", "v1:old", False)])
+        old.insert("patterns", "fingerprint, agent_id, node_id, error_type, kind, sample_message, transient, count, "
+                   "sessions, first_seen, last_seen",
+                   [("v1:old", "a", "n", "E", "exception", "old failure", False, 1, 1, 1700000000.0, 1700000000.0)])
+    with hof.open_index(db_location) as index:
         assert index.schema_version == LATEST_VERSION
         old = index.get("old1")
         assert old is not None and old.error_message == "old failure" and old.attempts == 2
@@ -64,12 +68,12 @@ def test_older_schema_is_migrated_without_losing_rows(db_path: Path) -> None:
         assert sorted((p.count, p.sessions) for p in index.patterns()) == [(1, 1), (2, 2)]
 
 
-def test_newer_schema_is_refused_clearly(db_path: Path) -> None:
-    conn = sqlite3.connect(db_path)
-    conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
-    conn.close()
-    with pytest.raises(hof.FailureIndexError, match="newer"):
-        hof.open_index(db_path)
+def test_newer_schema_is_refused_clearly(db_location: str) -> None:
+    with raw(db_location) as newer:
+        newer.set_version(LATEST_VERSION + 1)
+    for create in (True, False):
+        with pytest.raises(hof.FailureIndexError, match="newer"):
+            hof.open_index(db_location, create=create)
 
 
 def test_missing_and_corrupt_are_clear_errors(tmp_path: Path) -> None:
@@ -80,13 +84,11 @@ def test_missing_and_corrupt_are_clear_errors(tmp_path: Path) -> None:
     corrupt.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(hof.FailureIndexError, match="not a usable failure index"):
         hof.open_index(corrupt)
-    with pytest.raises(hof.FailureIndexError, match="PostgreSQL"):
-        hof.open_index("postgresql://localhost/x")
 
 
-def test_patterns_group_count_sessions_and_window(db_path: Path) -> None:
+def test_patterns_group_count_sessions_and_window(db_location: str) -> None:
     old = datetime.now(timezone.utc) - timedelta(days=10)
-    with hof.open_index(db_path) as index:
+    with hof.open_index(db_location) as index:
         index.add([failure(i) for i in range(3)] + [failure(0, failure_id="again")])  # s0 twice
         index.add([failure(9, timestamp=old)])
         index.add([failure(5, node_id="render", error_type="builtins.KeyError", error_message="'title'")])
@@ -98,16 +100,16 @@ def test_patterns_group_count_sessions_and_window(db_path: Path) -> None:
         assert index.patterns(agent_id="nobody") == []
 
 
-def test_failures_without_a_session_count_as_one_session(db_path: Path) -> None:
-    with hof.open_index(db_path) as index:
+def test_failures_without_a_session_count_as_one_session(db_location: str) -> None:
+    with hof.open_index(db_location) as index:
         index.add([failure(1, session_id=None), failure(2, session_id=None)])
         index.add([failure(3, session_id=None), failure(4)])
         assert [(p.count, p.sessions) for p in index.patterns()] == [(4, 2)]
 
 
-def test_sessions_count_once_across_handles_sharing_the_file(db_path: Path) -> None:
+def test_sessions_count_once_across_handles_sharing_the_file(db_location: str) -> None:
     """Two writers (say, two Hive processes) on one file: each counts what the file holds."""
-    with hof.open_index(db_path) as first, hof.open_index(db_path) as second:
+    with hof.open_index(db_location) as first, hof.open_index(db_location) as second:
         first.add([failure(1), failure(2)])
         second.add([failure(1, failure_id="b1"), failure(3)])  # s1 is stored already, through the other handle
         first.add([failure(3, failure_id="a3"), failure(4)])  # s3 likewise
@@ -118,9 +120,9 @@ def test_sessions_count_once_across_handles_sharing_the_file(db_path: Path) -> N
         assert pattern.sample_message == "could not parse row 4"  # from the latest failure, not the last written
 
 
-def test_the_same_failure_delivered_twice_is_stored_once(db_path: Path) -> None:
+def test_the_same_failure_delivered_twice_is_stored_once(db_location: str) -> None:
     record = failure(1)
-    with hof.open_index(db_path) as index:
+    with hof.open_index(db_location) as index:
         assert index.add([record, record]) == 1
         assert index.add([record]) == 0
         assert index.patterns()[0].count == 1
@@ -137,9 +139,9 @@ def new_york_local_time() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("new_york_local_time")  # a naive time must not be read as local time
-def test_prepared_attributes_from_elsewhere_are_checked_and_read_as_utc(db_path: Path) -> None:
+def test_prepared_attributes_from_elsewhere_are_checked_and_read_as_utc(db_location: str) -> None:
     attributes = to_attributes(prepare(failure(1)))
-    with hof.open_index(db_path) as index:
+    with hof.open_index(db_location) as index:
         naive = {**attributes, "hive.failure.timestamp": "2026-03-01T12:00:00"}  # no offset: taken as UTC
         assert index.add_prepared([naive]) == 1
         stored = index.get(attributes["hive.failure.failure_id"])
@@ -152,8 +154,8 @@ def test_prepared_attributes_from_elsewhere_are_checked_and_read_as_utc(db_path:
         assert len(index.recent()) == 1  # a rejected call writes nothing
 
 
-def test_recent_filters_are_parameterised(db_path: Path) -> None:
-    with hof.open_index(db_path) as index:
+def test_recent_filters_are_parameterised(db_location: str) -> None:
+    with hof.open_index(db_location) as index:
         index.add([failure(1), failure(2, node_id="render"), failure(3, agent_id="other")])
         assert [r.session_id for r in index.recent(node_id="render")] == ["s2"]
         assert [r.session_id for r in index.recent(agent_id="other")] == ["s3"]
@@ -164,17 +166,17 @@ def test_recent_filters_are_parameterised(db_path: Path) -> None:
             index.recent(since="yesterday-ish")
 
 
-def test_snapshots_are_content_addressed_and_stored_once(db_path: Path) -> None:
+def test_snapshots_are_content_addressed_and_stored_once(db_location: str) -> None:
     graph = {"id": "report-agent", "nodes": [{"id": "parse", "system_prompt": "p" * 2000}]}
-    with hof.open_index(db_path) as index:
+    with hof.open_index(db_location) as index:
         index.add([failure(i, graph_snapshot=graph, input_context={"row": i}) for i in range(20)])
-        blobs = index._conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
+        (blobs,) = index._db.fetchone("SELECT COUNT(*) FROM blobs")
         assert blobs == 1 + 20  # one graph snapshot, twenty distinct contexts
         assert index.recent(limit=1)[0].graph_snapshot == graph
 
 
-def test_get_by_prefix(db_path: Path) -> None:
-    with hof.open_index(db_path) as index:
+def test_get_by_prefix(db_location: str) -> None:
+    with hof.open_index(db_location) as index:
         index.add([failure(1, failure_id="abcdef0123"), failure(2, failure_id="abcdef9999")])
         assert index.get("abcdef0123").session_id == "s1"
         assert index.get("abcdef01").session_id == "s1"
@@ -183,8 +185,8 @@ def test_get_by_prefix(db_path: Path) -> None:
             index.get("abcdef")
 
 
-def test_stats_by_node_and_kind(db_path: Path) -> None:
-    with hof.open_index(db_path) as index:
+def test_stats_by_node_and_kind(db_location: str) -> None:
+    with hof.open_index(db_location) as index:
         index.add([failure(1), failure(2), failure(3, node_id="render", kind="stalled")],
                   [hof.RunOutcome(session_id=f"s{i}", agent_id="report-agent", success=i > 3) for i in range(1, 11)])
         stats = index.stats(agent_id="report-agent")
@@ -194,8 +196,8 @@ def test_stats_by_node_and_kind(db_path: Path) -> None:
     assert stats.by_kind == {"exception": 2, "stalled": 1}
 
 
-def test_resolve_history_and_advice(db_path: Path) -> None:
-    with hof.open_index(db_path) as index:
+def test_resolve_history_and_advice(db_location: str) -> None:
+    with hof.open_index(db_location) as index:
         index.add([failure(i) for i in range(3)] + [failure(7, error_type="litellm.RateLimitError",
                                                             error_message="rate limit", session_id=f"t{i}")
                                                     for i in range(3)],
@@ -255,3 +257,141 @@ def test_a_corrupt_page_is_a_clear_error_from_every_query(tmp_path: Path) -> Non
                 assert "cannot be read as a failure index" in str(exc)
                 errors += 1
         assert errors  # some query met the mangled pages, and said so as a FailureIndexError
+
+
+# --- the same index, on either backend ----------------------------------------------------------
+
+def test_concurrent_writers_count_each_session_once(new_location) -> None:
+    """Several processes write one index (PostgreSQL: several hosts): batches count against each other's rows."""
+    location = new_location()
+    handles = [hof.open_index(location) for _ in range(4)]
+    start = threading.Barrier(len(handles))
+
+    def write(n: int, index: hof.FailureIndex) -> None:
+        start.wait()
+        for batch in range(10):  # every writer fails the same 20 sessions, with failures of its own
+            index.add([failure(s, failure_id=f"w{n}-b{batch}-s{s}") for s in range(batch * 2, batch * 2 + 2)],
+                      [hof.RunOutcome(session_id=f"s{s}", agent_id="report-agent", success=False)
+                       for s in range(batch * 2, batch * 2 + 2)])
+
+    threads = [threading.Thread(target=write, args=(n, index)) for n, index in enumerate(handles)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for index in handles:
+        index.close()
+    with hof.open_index(location, create=False) as index:
+        (pattern,) = index.patterns()
+        assert (pattern.count, pattern.sessions) == (80, 20)
+        (recent,) = index.patterns(since="1h")
+        assert (recent.count, recent.sessions) == (80, 20)
+        stats = index.stats()
+        assert (stats.runs, stats.failed_runs, stats.failures, stats.sessions_with_failures) == (20, 20, 80, 20)
+
+
+def test_text_with_a_nul_character_is_stored(db_location: str, backend: str) -> None:
+    """PostgreSQL's text cannot hold a NUL: it becomes U+FFFD rather than the whole batch being refused.
+
+    (SQLite's batch reads the text out of JSON, which ends it at the NUL.)
+    """
+    with hof.open_index(db_location) as index:
+        assert index.add([failure(1, failure_id="nul", error_message="bad byte \x00 here")]) == 1
+        stored = index.get("nul")
+    assert stored is not None and stored.error_message.startswith("bad byte ")
+    if backend == "postgresql":
+        assert stored.error_message == "bad byte \ufffd here"
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def pg_url(postgres_server) -> Iterator[str]:
+    url = postgres_server.database()
+    yield url
+    postgres_server.drop(url)
+
+
+def test_postgresql_from_the_environment_and_what_is_not_a_file(pg_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("HIVE_FAILURES_DB", pg_url)
+    with hof.open_index() as index:
+        assert index.backend == "postgresql" and index.path == pg_url and index.schema_version == LATEST_VERSION
+    with pytest.raises(hof.FailureIndexError, match="is a PostgreSQL index, not a file"):
+        index_path()
+
+
+def test_postgresql_errors_are_clear_and_keep_the_password_out(postgres_server, pg_url: str) -> None:
+    host = pg_url.split("@", 1)[1].rsplit("/", 1)[0]
+    missing = f"postgresql://postgres:s3cret-pw@{host}/no_such_database"
+    with pytest.raises(hof.FailureIndexError, match="cannot use the PostgreSQL index") as refused:
+        hof.open_index(missing)
+    assert "s3cret-pw" not in str(refused.value) and "postgres:***@" in str(refused.value)
+    with pytest.raises(hof.FailureIndexError, match="no_such_database"):
+        hof.open_index(missing, create=False)
+    with pytest.raises(hof.FailureIndexError, match="not a failure index"):
+        hof.open_index(pg_url, create=False)  # an empty database: a reader creates nothing in it
+    with raw(pg_url) as empty:
+        assert empty.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_postgresql_readers_are_read_only_but_may_record_a_resolution(pg_url: str) -> None:
+    with hof.open_index(pg_url) as writer:
+        writer.add([failure(i) for i in range(3)])
+    import psycopg
+
+    with hof.open_index(pg_url, create=False) as reader:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            reader._db.fetchall("INSERT INTO grains VALUES (60) RETURNING grain")
+        fp = reader.patterns()[0].fingerprint
+        reader.resolve(fp, "validate rows first")
+        assert reader.patterns()[0].resolution == "validate rows first"
+        assert reader.add([failure(9)]) == 1  # as a SQLite reader may: the processor never opens one
+
+
+def test_postgresql_a_lost_connection_is_a_clear_error_and_the_index_recovers(postgres_server, pg_url: str) -> None:
+    with hof.open_index(pg_url) as index:
+        index.add([failure(1)])
+        with raw(postgres_server.url) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ? "
+                          "AND pid <> pg_backend_pid()", (pg_url.rsplit("/", 1)[1],))
+        with pytest.raises(hof.FailureIndexError, match="cannot be read as a failure index"):
+            for _ in range(5):  # the pool holds at most a few connections, each now cut
+                index.patterns()
+        assert index.add([failure(2)]) == 1  # a new connection
+        assert index.patterns()[0].count == 2
+
+
+def test_postgresql_a_batch_of_500_is_written_whole_and_a_retry_adds_nothing(pg_url: str) -> None:
+    records = [failure(i, graph_snapshot={"graph": "g" * 100}, input_context={"row": i}) for i in range(500)]
+    at = datetime.now(timezone.utc).replace(minute=30)
+    outcomes = [hof.RunOutcome(session_id=f"s{i}", agent_id="report-agent", success=i % 2 == 0, started_at=at,
+                               ended_at=at) for i in range(500)]
+    with hof.open_index(pg_url) as index:
+        assert index.add(records, outcomes) == 500
+        assert index.add(records, outcomes) == 0  # the writer retried: nothing twice
+        (pattern,) = index.patterns()
+        assert (pattern.count, pattern.sessions) == (500, 500)
+        stats = index.stats()
+        assert (stats.runs, stats.failed_runs) == (500, 250)  # a run recorded again is still one run
+        assert index._db.fetchall("SELECT count(*) FROM blobs") == [(501,)]  # one graph, 500 contexts
+        assert index._db.fetchall("SELECT count(*), sum(runs) FROM run_counts") == [(2, 1000)]  # its hour and day
+
+
+def test_the_sqlite_index_needs_no_postgresql_package(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["psycopg"] = None  # as if the [postgres] extra were not installed
+        sys.modules["psycopg_pool"] = None
+        import hive_otel_failures as hof
+        with hof.open_index({str(tmp_path / "plain.db")!r}) as index:
+            index.add([hof.FailureRecord(agent_id="a", node_id="n", session_id="s", error_type="E",
+                                         error_message="m")])
+            assert index.patterns()[0].count == 1
+        try:
+            hof.open_index("postgresql://hive@127.0.0.1:1/hive")
+        except hof.FailureIndexError as exc:
+            print(exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'hive-otel-failures[postgres]'" in done.stdout
