@@ -2,7 +2,7 @@
 
 Each step is a pair kept side by side: SQLite's script (its number in ``PRAGMA user_version``)
 and PostgreSQL's (its number in the ``schema_version`` table). Append a step to change the
-schema, with both scripts; never edit one that has shipped.
+schema, with both scripts; never edit one that has shipped. ``MIGRATIONS`` are SQLite's.
 
 The PostgreSQL scripts keep SQLite's tables and columns (a PostgreSQL index holds the same
 rows) with PostgreSQL's types: ``double precision`` times, ``boolean`` flags, identity ids,
@@ -20,9 +20,9 @@ class Migration(NamedTuple):
     postgresql: str
 
 
-_SQLITE: list[str] = [
+MIGRATIONS_BY_STEP: list[Migration] = [
     # 1: failures, their patterns and content-addressed blobs.
-    """
+    Migration(sqlite="""
     CREATE TABLE blobs (
         sha256  TEXT PRIMARY KEY,
         content TEXT NOT NULL,
@@ -72,8 +72,59 @@ _SQLITE: list[str] = [
         last_seen      REAL NOT NULL
     );
     """,
+              postgresql="""
+    CREATE TABLE blobs (
+        sha256  text PRIMARY KEY,
+        content text NOT NULL,
+        size    integer NOT NULL
+    );
+    CREATE TABLE failures (
+        failure_id           text PRIMARY KEY,
+        session_id           text,
+        agent_id             text,
+        node_id              text,
+        ts                   double precision NOT NULL,
+        kind                 text NOT NULL,
+        error_type           text NOT NULL,
+        error_message        text NOT NULL,
+        traceback            text,
+        attempts             integer NOT NULL,
+        judge_feedback       text NOT NULL,
+        constraints_violated text NOT NULL,
+        criteria_unmet       text NOT NULL,
+        tool_calls           text NOT NULL,
+        input_context_sha    text REFERENCES blobs(sha256),
+        memory_snapshot_sha  text REFERENCES blobs(sha256),
+        graph_snapshot_sha   text REFERENCES blobs(sha256),
+        trace_id             text,
+        span_id              text,
+        agent_version        text,
+        fingerprint          text NOT NULL,
+        transient            boolean NOT NULL,
+        evolution_triggered  boolean NOT NULL DEFAULT false,
+        resolution           text,
+        seq                  bigint GENERATED ALWAYS AS IDENTITY UNIQUE  -- the order of storing: SQLite's rowid
+    );
+    CREATE INDEX failures_ts ON failures(ts);
+    CREATE INDEX failures_agent_ts ON failures(agent_id, ts);
+    CREATE INDEX failures_fp_session ON failures(fingerprint, session_id);
+    CREATE INDEX failures_session ON failures(session_id);
+    CREATE TABLE patterns (
+        fingerprint    text PRIMARY KEY,
+        agent_id       text,
+        node_id        text,
+        error_type     text NOT NULL,
+        kind           text NOT NULL,
+        sample_message text NOT NULL,
+        transient      boolean NOT NULL,
+        count          integer NOT NULL,
+        sessions       integer NOT NULL,
+        first_seen     double precision NOT NULL,
+        last_seen      double precision NOT NULL
+    );
+    """),
     # 2: run outcomes (rates) and the history of what was done about each pattern.
-    """
+    Migration(sqlite="""
     CREATE TABLE runs (
         session_id    TEXT NOT NULL,
         agent_id      TEXT NOT NULL DEFAULT '',
@@ -96,12 +147,35 @@ _SQLITE: list[str] = [
     );
     CREATE INDEX resolutions_fp ON resolutions(fingerprint, ts);
     """,
+              postgresql="""
+    CREATE TABLE runs (
+        session_id    text NOT NULL,
+        agent_id      text NOT NULL DEFAULT '',
+        agent_version text,
+        started_at    double precision NOT NULL,
+        ended_at      double precision NOT NULL,
+        success       boolean NOT NULL,
+        quality       text,
+        failures      integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (session_id, agent_id)
+    );
+    CREATE INDEX runs_agent_started ON runs(agent_id, started_at);
+    CREATE TABLE resolutions (
+        id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        fingerprint         text NOT NULL,
+        ts                  double precision NOT NULL,
+        resolution          text NOT NULL,
+        evolution_triggered boolean NOT NULL,
+        agent_version       text
+    );
+    CREATE INDEX resolutions_fp ON resolutions(fingerprint, ts);
+    """),
     # 3: counters by hour and by day, so windowed aggregates read a few hundred rows, not the
     # failures and runs tables. A window is whole days plus the hours at its edges. A session
     # counts for a pattern in the bucket of its first failure of that pattern (as in patterns).
     # failure_counts is kept by the writer from each batch; run_counts by triggers, because a
     # run that is recorded again (same session and agent) can change its day, version or outcome.
-    """
+    Migration(sqlite="""
     CREATE TABLE failure_counts (
         grain         INTEGER NOT NULL,  -- bucket width in seconds: 86400 or 3600
         bucket        INTEGER NOT NULL,  -- CAST(ts / grain AS INTEGER)
@@ -162,90 +236,11 @@ _SQLITE: list[str] = [
     DROP INDEX failures_fp_session;  -- new (pattern, session) pairs are looked up by session instead
     CREATE INDEX failures_fp_ts ON failures(fingerprint, ts);  -- a pattern's newest failures, as examples
     """,
-]
-
-_POSTGRESQL: list[str] = [
-    # 1: failures, their patterns and content-addressed blobs.
-    """
-    CREATE TABLE blobs (
-        sha256  text PRIMARY KEY,
-        content text NOT NULL,
-        size    integer NOT NULL
-    );
-    CREATE TABLE failures (
-        failure_id           text PRIMARY KEY,
-        session_id           text,
-        agent_id             text,
-        node_id              text,
-        ts                   double precision NOT NULL,
-        kind                 text NOT NULL,
-        error_type           text NOT NULL,
-        error_message        text NOT NULL,
-        traceback            text,
-        attempts             integer NOT NULL,
-        judge_feedback       text NOT NULL,
-        constraints_violated text NOT NULL,
-        criteria_unmet       text NOT NULL,
-        tool_calls           text NOT NULL,
-        input_context_sha    text REFERENCES blobs(sha256),
-        memory_snapshot_sha  text REFERENCES blobs(sha256),
-        graph_snapshot_sha   text REFERENCES blobs(sha256),
-        trace_id             text,
-        span_id              text,
-        agent_version        text,
-        fingerprint          text NOT NULL,
-        transient            boolean NOT NULL,
-        evolution_triggered  boolean NOT NULL DEFAULT false,
-        resolution           text,
-        seq                  bigint GENERATED ALWAYS AS IDENTITY UNIQUE  -- the order of storing: SQLite's rowid
-    );
-    CREATE INDEX failures_ts ON failures(ts);
-    CREATE INDEX failures_agent_ts ON failures(agent_id, ts);
-    CREATE INDEX failures_fp_session ON failures(fingerprint, session_id);
-    CREATE INDEX failures_session ON failures(session_id);
-    CREATE TABLE patterns (
-        fingerprint    text PRIMARY KEY,
-        agent_id       text,
-        node_id        text,
-        error_type     text NOT NULL,
-        kind           text NOT NULL,
-        sample_message text NOT NULL,
-        transient      boolean NOT NULL,
-        count          integer NOT NULL,
-        sessions       integer NOT NULL,
-        first_seen     double precision NOT NULL,
-        last_seen      double precision NOT NULL
-    );
-    """,
-    # 2: run outcomes (rates) and the history of what was done about each pattern.
-    """
-    CREATE TABLE runs (
-        session_id    text NOT NULL,
-        agent_id      text NOT NULL DEFAULT '',
-        agent_version text,
-        started_at    double precision NOT NULL,
-        ended_at      double precision NOT NULL,
-        success       boolean NOT NULL,
-        quality       text,
-        failures      integer NOT NULL DEFAULT 0,
-        PRIMARY KEY (session_id, agent_id)
-    );
-    CREATE INDEX runs_agent_started ON runs(agent_id, started_at);
-    CREATE TABLE resolutions (
-        id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        fingerprint         text NOT NULL,
-        ts                  double precision NOT NULL,
-        resolution          text NOT NULL,
-        evolution_triggered boolean NOT NULL,
-        agent_version       text
-    );
-    CREATE INDEX resolutions_fp ON resolutions(fingerprint, ts);
-    """,
-    # 3: counters by hour and by day (see SQLite's step 3). The writer's batch statement keeps
-    # failure_counts; run_counts is kept by statement triggers that read the rows a statement
-    # inserted or changed as transition tables, so a batch of runs is counted in one pass.
-    # The primary keys carry the counts (INCLUDE): a window's aggregate is an index-only scan.
-    """
+              # PostgreSQL: the writer's batch statement keeps failure_counts; run_counts is kept by
+              # statement triggers that read the rows a statement inserted or changed as transition
+              # tables, so a batch of runs is counted in one pass. The primary keys carry the counts
+              # (INCLUDE): a window's aggregate is an index-only scan.
+              postgresql="""
     CREATE TABLE failure_counts (
         grain         integer NOT NULL,  -- bucket width in seconds: 86400 or 3600
         bucket        bigint NOT NULL,   -- trunc(ts / grain), as SQLite's CAST
@@ -327,10 +322,9 @@ _POSTGRESQL: list[str] = [
     DROP INDEX failures_fp_session;  -- new (pattern, session) pairs are looked up by session instead,
     CREATE INDEX failures_fp_no_session ON failures(fingerprint) WHERE session_id IS NULL;  -- or among those without
     CREATE INDEX failures_fp_ts ON failures(fingerprint, ts);  -- a pattern's newest failures, as examples
-    """,
+    """),
 ]
 
-MIGRATIONS_BY_STEP: list[Migration] = [Migration(*pair) for pair in zip(_SQLITE, _POSTGRESQL, strict=True)]
 MIGRATIONS: list[str] = [step.sqlite for step in MIGRATIONS_BY_STEP]  # SQLite's scripts, as they always were
 POSTGRESQL_MIGRATIONS: list[str] = [step.postgresql for step in MIGRATIONS_BY_STEP]
 LATEST_VERSION = len(MIGRATIONS_BY_STEP)
