@@ -354,3 +354,20 @@ def test_every_option_has_help() -> None:
 
     missing = [name for name, text in options(typer.main.get_command(app), "hive-failures") if not text]
     assert missing == []
+
+
+def test_answers_import_only_what_they_use(populated: Path) -> None:
+    """Start-up is most of a query's time: --json answers skip rich, --help skips the index (and pydantic)."""
+    probe = ("import sys\nfrom hive_otel_failures.faces.cli import main\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print('\\nloaded:', *sorted(m for m in ('rich', 'hive_otel_failures.index', 'pydantic.main', "
+             "'opentelemetry.sdk') if m in sys.modules))\n")
+
+    def loaded(*args: str) -> list[str]:
+        result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.rsplit("loaded:", 1)[1].split()
+
+    assert loaded("patterns", "--json", "--db", str(populated)) == ["hive_otel_failures.index", "pydantic.main"]
+    assert "rich" in loaded("patterns", "--db", str(populated))
+    assert "hive_otel_failures.index" not in loaded("--help")

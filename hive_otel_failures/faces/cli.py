@@ -8,6 +8,7 @@ stdout, ``{"error": ..., "code": N}``, with the same exit code.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -16,15 +17,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
-from rich.cells import cell_len
-from rich.console import Console
-from rich.markup import escape
-from rich.padding import Padding
-from rich.table import Table
-from rich.text import Text
 from typer.core import TyperGroup
 
-if TYPE_CHECKING:  # the index (pydantic, SQL) is imported by the commands that use it: --help stays fast
+if TYPE_CHECKING:  # imported by the commands that use them: --help and --json answers stay fast
+    from rich.console import Console
+
     from ..index import FailureIndex, Pattern
     from ..record import FailureRecord
 
@@ -61,13 +58,30 @@ class _JsonErrorsGroup(TyperGroup):
 
 app = typer.Typer(cls=_JsonErrorsGroup, help="Query the local index of Hive agent failures.", epilog=EPILOG,
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-# Piped output gets a 140-column page rather than rich's 80, so tables stay readable in logs.
-# Nothing printed is markup: messages, paths and ids keep their [brackets] and :colons:.
-out = Console(width=shutil.get_terminal_size(fallback=(140, 24)).columns, markup=False, emoji=False)
-err = Console(stderr=True, markup=False, emoji=False)
 
+
+@functools.cache
+def _out() -> Console:
+    """Rich for people only: an agent's --json answer does not import it.
+
+    Piped output gets a 140-column page rather than rich's 80, so tables stay readable in logs.
+    Nothing printed is markup: messages, paths and ids keep their [brackets] and :colons:.
+    """
+    from rich.console import Console
+
+    return Console(width=shutil.get_terminal_size(fallback=(140, 24)).columns, markup=False, emoji=False)
+
+
+@functools.cache
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, markup=False, emoji=False)
+
+
+# Help text is rich markup: "\[" keeps the bracket of [default: ...].
 Db = Annotated[Optional[str], typer.Option(
-    "--db", help=escape("Index path or sqlite:/// URL [default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]"))]
+    "--db", help="Index path or sqlite:/// URL \\[default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (errors too).")]
 Agent = Annotated[Optional[str], typer.Option("--agent", help="Only this agent id.")]
 Since = Annotated[Optional[str], typer.Option("--since", help="Window: 30m, 24h, 7d or an ISO 8601 time.")]
@@ -110,9 +124,11 @@ def _fail(message: str, code: int, as_json: bool, *, candidates: Sequence[str] |
     if as_json:
         _echo_json_error(message, code, candidates)
     else:
-        err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+        from rich.text import Text
+
+        _err().print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
         for line in details:
-            err.print(Text(f"  {line}"), soft_wrap=True)
+            _err().print(Text(f"  {line}"), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -235,10 +251,14 @@ def _print_rows(title: str, columns: Sequence[tuple[str, int | None]], rows: Seq
     columns for list and patterns), each row becomes a short block instead, its first column
     leading, its last (the wide text) on indented lines below: nothing is cut either way.
     """
+    from rich.cells import cell_len
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
     widths = [max(cell_len(name), *(cell_len(row[i]) for row in rows)) for i, (name, _) in enumerate(columns)]
     needed = sum(w if least is None else min(w, least) for w, (_, least) in zip(widths, columns))
     needed += 3 * len(columns) + 1  # a cell's padding and its border
-    if needed <= out.size.width:
+    if needed <= _out().size.width:
         table = Table(title=title, title_justify="left")
         for (name, least), width in zip(columns, widths):
             if least is None:
@@ -247,11 +267,11 @@ def _print_rows(title: str, columns: Sequence[tuple[str, int | None]], rows: Seq
                 table.add_column(name, overflow="fold")
         for row in rows:
             table.add_row(*row)
-        out.print(table)
+        _out().print(table)
         return
-    out.print(Text(title, style="italic"))
+    _out().print(Text(title, style="italic"))
     body = columns[-1][1] is not None and len(columns) > 1
-    width = out.size.width
+    width = _out().size.width
     for row in rows:
         items = [f"{name}: {value}" for (name, _), value in zip(columns[1:], row[1:])]
         lines, line = [], row[0]
@@ -263,9 +283,9 @@ def _print_rows(title: str, columns: Sequence[tuple[str, int | None]], rows: Seq
                 line = f"    {item}"
         lines.append(line)
         for text in lines:
-            out.print(Text(text), overflow="fold")
+            _out().print(Text(text), overflow="fold")
         if body:
-            out.print(Padding(Text(items[-1]), (0, 0, 0, 4), expand=False), overflow="fold")
+            _out().print(Padding(Text(items[-1]), (0, 0, 0, 4), expand=False), overflow="fold")
 
 
 def _when(value: datetime | None) -> str:
@@ -307,6 +327,8 @@ def show(failure_id: Annotated[str, typer.Argument(help="A failure id or a uniqu
         record = _find_failure(index, failure_id, as_json)
     if as_json:
         return _emit_json(record)
+    from rich.table import Table
+
     data = record.model_dump(mode="json")
     table = Table(show_header=False, title=f"failure {record.failure_id}", title_justify="left")
     table.add_column("field", style="bold", no_wrap=True)
@@ -315,7 +337,7 @@ def show(failure_id: Annotated[str, typer.Argument(help="A failure id or a uniqu
         if value in (None, [], {}, ""):
             continue
         table.add_row(key, value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False))
-    out.print(table)
+    _out().print(table)
 
 
 @app.command()
@@ -347,13 +369,13 @@ def stats(db: Db = None, as_json: Json = False, agent: Agent = None, since: Sinc
     if as_json:
         return _emit_json(result)
     rate = f"{result.failure_rate:.1%}" if result.failure_rate is not None else "n/a (no runs recorded)"
-    out.print(f"runs: {result.runs}   failed runs: {result.failed_runs}   failure rate: {rate}")
-    out.print(f"failures: {result.failures} in {_n(result.sessions_with_failures, 'session')}, "
+    _out().print(f"runs: {result.runs}   failed runs: {result.failed_runs}   failure rate: {rate}")
+    _out().print(f"failures: {result.failures} in {_n(result.sessions_with_failures, 'session')}, "
               f"{_n(result.patterns, 'pattern')}")
     _print_rows("by node", [("node", 16), ("failures", None), ("sessions", None)],
                 [(n.node_id or "-", str(n.failures), str(n.sessions)) for n in result.by_node])
     if result.by_kind:
-        out.print("by kind: " + ", ".join(f"{k}={v}" for k, v in result.by_kind.items()))
+        _out().print("by kind: " + ", ".join(f"{k}={v}" for k, v in result.by_kind.items()))
     if result.by_version:
         _print_rows("by agent version",
                     [("agent", 12), ("version", 10), ("first seen", None), ("runs", None), ("failed", None),
@@ -374,19 +396,21 @@ def advise(db: Db = None, as_json: Json = False, agent: Agent = None,
     if as_json:
         return _emit_json(found)
     if not found:
-        out.print(f"nothing to change: no pattern in the last {window} meets an evolution trigger")
+        _out().print(f"nothing to change: no pattern in the last {window} meets an evolution trigger")
         return
+    from rich.text import Text
+
     for a in found:
         e = a.evidence
         share = f", {e.session_share:.0%} of runs" if e.session_share is not None else ""
         action = ("evolve", "bold red") if a.action == "evolve" else ("human", "bold yellow")
-        out.print(Text.assemble(action, " ", (a.fingerprint, "bold"),
-                                f" {a.agent_id or '-'}/{a.node_id or '-'} {a.kind}: {', '.join(a.triggers) or '-'}"))
-        out.print(f"  {a.error_type}: {_cut(a.sample_message, 100)}")
-        out.print(f"  {_n(e.failures, 'failure')} in {_n(e.sessions, 'session')}{share}; why: {a.reason}")
+        _out().print(Text.assemble(action, " ", (a.fingerprint, "bold"),
+                                   f" {a.agent_id or '-'}/{a.node_id or '-'} {a.kind}: {', '.join(a.triggers) or '-'}"))
+        _out().print(f"  {a.error_type}: {_cut(a.sample_message, 100)}")
+        _out().print(f"  {_n(e.failures, 'failure')} in {_n(e.sessions, 'session')}{share}; why: {a.reason}")
         if e.last_resolution is not None:
-            out.print(f"  last fix: {_cut(e.last_resolution.resolution, 60)} -> {e.last_fix_verdict}")
-        out.print(f"  examples: {', '.join(i[:12] for i in e.example_failure_ids)}; "
+            _out().print(f"  last fix: {_cut(e.last_resolution.resolution, 60)} -> {e.last_fix_verdict}")
+        _out().print(f"  examples: {', '.join(i[:12] for i in e.example_failure_ids)}; "
                   f"next: hive-failures diagnose {a.fingerprint}")
 
 
@@ -401,7 +425,7 @@ def fix_effect(fingerprint: Fingerprint, db: Db = None, as_json: Json = False) -
     if as_json:
         return _emit_json(result)
     if not result.effects:
-        out.print(f"no resolution recorded for {result.fingerprint}")
+        _out().print(f"no resolution recorded for {result.fingerprint}")
         return
 
     def rate(r: Any) -> str:
@@ -431,7 +455,7 @@ def resolve(fingerprint: Fingerprint,
             fp, resolution, evolution_triggered=not no_evolution, agent_version=agent_version))
     if as_json:
         return _emit_json(result)
-    out.print(f"resolved {result.fingerprint}: {result.resolution}")
+    _out().print(f"resolved {result.fingerprint}: {result.resolution}")
 
 
 @app.command()
@@ -488,7 +512,7 @@ def queen_install(db: Db = None) -> None:
     """Register the MCP server in Hive's MCP registry; the Queen loads it at her next session."""
     from .queen import install
 
-    out.print(install(db))
+    _out().print(install(db))
 
 
 @queen.command("uninstall")
@@ -496,7 +520,7 @@ def queen_uninstall() -> None:
     """Remove the MCP server from Hive's MCP registry."""
     from .queen import uninstall
 
-    out.print(uninstall())
+    _out().print(uninstall())
 
 
 @app.command()
@@ -510,7 +534,7 @@ def migrate(db: Db = None) -> None:
     except FailureIndexError as exc:
         _fail(str(exc), EXIT_BAD_INPUT, False)
     with _index(db, create=True) as index:
-        out.print(f"{index.path}: schema version {index.schema_version}")
+        _out().print(f"{index.path}: schema version {index.schema_version}")
 
 
 @app.command()
