@@ -66,7 +66,7 @@ def main() -> None:
     code = (f"import hive_otel_failures as hof\nimport memory\n"
             f"memory.grow(hof.configure(), failures={failures}, step={step})\n")
     with tempfile.TemporaryDirectory() as tmp:
-        result = reliability.both(code, {}, Path(tmp))
+        result = reliability.both(code, {}, Path(tmp), timeout=7200)
     ours, plain = result[reliability.OURS], result[reliability.PLAIN]
     print(f"{failures} failures recorded by one process, RSS in MB at each step (ours: indexed "
           f"{ours['written']}, runs {ours['runs_written']}, dropped {ours['dropped']}, errors {ours['errors']})")

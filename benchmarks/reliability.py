@@ -103,14 +103,14 @@ class PlainHandle:
                            spans_pending_export=0 if ledger is None else ledger.handed - done)
 
 
-def run_child(code: str, side: str, env: dict[str, str], tmp: Path) -> dict:
+def run_child(code: str, side: str, env: dict[str, str], tmp: Path, timeout: float = 120) -> dict:
     """Run app code (which calls ``hof.configure()``) in a fresh interpreter on one side; its last line, as JSON."""
     if side == PLAIN:
         assert "hof.configure()" in code
         code = "from reliability import PlainHandle\n" + code.replace("hof.configure()", "PlainHandle()")
     code = f"import sys; sys.path[:0] = {[str(PACKAGE), str(HERE), str(ROOT)]!r}\n" + code
     home = Path(tempfile.mkdtemp(prefix=f"{side}-", dir=tmp))
-    proc = run_app(env, home, code)
+    proc = run_app(env, home, code, timeout)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RuntimeError(f"{side} child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -310,8 +310,8 @@ def big_field(handle: object, repeats: int) -> None:
 
 # --- the parent ----------------------------------------------------------------------------------
 
-def both(code_for: object, env: dict[str, str], tmp: Path) -> dict[str, dict]:
-    return {side: run_child(code_for, side, env, tmp) for side in (OURS, PLAIN)}  # type: ignore[arg-type]
+def both(code_for: object, env: dict[str, str], tmp: Path, timeout: float = 120) -> dict[str, dict]:
+    return {side: run_child(code_for, side, env, tmp, timeout) for side in (OURS, PLAIN)}  # type: ignore[arg-type]
 
 
 def fig_shutdown(protocol: str, tmp: Path) -> dict[str, dict]:

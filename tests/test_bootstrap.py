@@ -35,10 +35,10 @@ APP = textwrap.dedent("""
 """)
 
 
-def run_app(env: dict[str, str], tmp_path: Path, code: str = APP) -> subprocess.CompletedProcess:
+def run_app(env: dict[str, str], tmp_path: Path, code: str = APP, timeout: float = 120) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HIVE_FAILURES"))}
     full.update(HIVE_HOME=str(tmp_path / "home"), **env)
-    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=timeout)
 
 
 def test_otlp_export_keeps_content_on_the_machine(receiver: OTLPReceiver, tmp_path: Path) -> None:
