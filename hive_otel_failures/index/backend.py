@@ -132,6 +132,7 @@ class Backend:
     errors: tuple[type[BaseException], ...]  # a query's database errors, reported as FailureIndexError
     greatest = "max"  # the scalar max of two values (SQLite's max(a, b), PostgreSQL's GREATEST)
     rowid = "rowid"  # the order failures were stored in
+    lateral = False  # a subquery in FROM may read the columns before it (one query for many patterns)
 
     def session(self) -> AbstractContextManager[Any]:
         """One connection for the statements of a query (reentrant in a thread)."""

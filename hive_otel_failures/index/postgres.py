@@ -153,6 +153,7 @@ class PostgresBackend(Backend):
     errors = (psycopg.Error,)
     greatest = "GREATEST"
     rowid = "seq"
+    lateral = True
 
     def __init__(self, url: str, *, create: bool, connect_timeout: float = 10.0, max_connections: int = 4) -> None:
         self.location = redact(url)

@@ -75,6 +75,8 @@ def _dt(ts: float | None) -> datetime | None:
 
 
 DAY, HOUR = 86400, 3600
+_PATTERN_COLUMNS = ("p.fingerprint, p.agent_id, p.node_id, p.error_type, p.kind, p.sample_message, p.transient, "
+                    "p.count, p.sessions, p.first_seen, p.last_seen")  # as _pattern reads them
 _RESOLUTION_CHARS = 2000  # what was done, in a few sentences: advice and tools quote it whole
 _SELECT_FAILURE = f"""
     SELECT {", ".join("f." + c.strip() for c in FAILURE_COLUMNS.split(","))},
@@ -316,28 +318,29 @@ class FailureIndex:
         agent_only, agent_params = _only("p.agent_id", agent_id)
         with self._db.session():
             counts = self._db.fetchall(
-                "SELECT c.fingerprint, c.agent_version, SUM(c.failures), SUM(c.sessions), MIN(c.first_ts), "
+                f"SELECT {_PATTERN_COLUMNS}, c.agent_version, SUM(c.failures), SUM(c.sessions), MIN(c.first_ts), "
                 f"MAX(c.last_ts) FROM failure_counts c JOIN patterns p ON p.fingerprint = c.fingerprint "
-                f"WHERE {recent[0]}{only} AND {agent_only} GROUP BY 1, 2", (*recent[1], *only_params, *agent_params))
+                f"WHERE {recent[0]}{only} AND {agent_only} GROUP BY p.fingerprint, c.agent_version",
+                (*recent[1], *only_params, *agent_params))
             by_pattern: dict[str, dict[str, VersionCounts]] = {}
-            for fp, version, failures, sessions, first, last in counts:
+            patterns: dict[str, Pattern] = {}
+            for row in counts:
+                fp, (version, failures, sessions, first, last) = row[0], row[11:]
                 by_pattern.setdefault(fp, {})[version] = VersionCounts(failures, sessions, first, last)
+                if fp not in patterns:
+                    patterns[fp] = _pattern(row)
             if not by_pattern:
                 return []
-            patterns = {p.fingerprint: p for p in self._patterns_by_fingerprint(list(by_pattern))}
-            agents = sorted({p.agent_id or "" for p in patterns.values()})
-            agent_in = f"agent_id IN ({', '.join('?' * len(agents))})"
+            # Every agent's runs in each window (a row per agent): a list of the agents wanted would
+            # cost more to match than the rows it leaves out, and keep PostgreSQL off the window's index.
             runs_now, runs_before = (
                 {a: (r, f) for a, r, f in self._db.fetchall(
-                    f"SELECT agent_id, SUM(runs), SUM(failed) FROM run_counts c WHERE {where} AND {agent_in} "
-                    "GROUP BY 1", (*params, *agents))}
+                    f"SELECT agent_id, SUM(runs), SUM(failed) FROM run_counts c WHERE {where} GROUP BY 1", params)}
                 for where, params in (recent, previous))
             last_resolutions = self._last_resolutions(list(by_pattern))
-        advice = []
+        found: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # advice, its examples asked for after
         for fp, per_version in by_pattern.items():
-            p = patterns.get(fp)
-            if p is None:
-                continue
+            p = patterns[fp]
             agent = p.agent_id or ""
             in_window = total(per_version.values())
             sessions = max(in_window.sessions, 1)
@@ -369,21 +372,23 @@ class FailureIndex:
                 triggers.append("regressed")
             if not triggers and not human:
                 continue
-            examples = self._examples(fp)
-            advice.append(Advice(
-                fingerprint=fp, agent_id=p.agent_id, node_id=p.node_id, kind=p.kind, error_type=p.error_type,
-                sample_message=p.sample_message, action="human" if human else "evolve", triggers=triggers,
-                reason=_reason(p, triggers, sessions, runs, human),
-                evidence=Evidence(
-                    window_start=start, window_end=end, failures=in_window.failures, sessions=sessions,
-                    agent_runs=runs, session_share=(sessions / runs) if runs else None,
-                    first_seen=_dt(in_window.first_ts), last_seen=_dt(in_window.last_ts),
-                    example_failure_ids=[e[0] for e in examples],
-                    example_trace_ids=[e[1] for e in examples if e[1]],
-                    judge_feedback=_feedback_excerpts(e[2] for e in examples),
-                    success_rate_recent=(1 - failed / runs) if runs else None,
-                    success_rate_previous=(1 - prev_failed / prev_runs) if prev_runs else None,
-                    success_p_value=p_decline, last_resolution=resolution, last_fix_verdict=verdict)))
+            found.append((fp, {
+                "fingerprint": fp, "agent_id": p.agent_id, "node_id": p.node_id, "kind": p.kind,
+                "error_type": p.error_type, "sample_message": p.sample_message,
+                "action": "human" if human else "evolve", "triggers": triggers,
+                "reason": _reason(p, triggers, sessions, runs, human)}, {
+                "window_start": start, "window_end": end, "failures": in_window.failures, "sessions": sessions,
+                "agent_runs": runs, "session_share": (sessions / runs) if runs else None,
+                "first_seen": _dt(in_window.first_ts), "last_seen": _dt(in_window.last_ts),
+                "success_rate_recent": (1 - failed / runs) if runs else None,
+                "success_rate_previous": (1 - prev_failed / prev_runs) if prev_runs else None,
+                "success_p_value": p_decline, "last_resolution": resolution, "last_fix_verdict": verdict}))
+        examples = self._examples([fp for fp, _, _ in found])
+        advice = [Advice(**fields, evidence=Evidence(
+            **evidence, example_failure_ids=[e[0] for e in examples.get(fp, ())],
+            example_trace_ids=[e[1] for e in examples.get(fp, ()) if e[1]],
+            judge_feedback=_feedback_excerpts(e[2] for e in examples.get(fp, ()))))
+            for fp, fields, evidence in found]
         advice.sort(key=lambda a: (a.action == "evolve", len(a.triggers), a.evidence.sessions, a.evidence.failures),
                     reverse=True)
         return advice
@@ -427,8 +432,7 @@ class FailureIndex:
     # --- the counters behind the answers ---------------------------------------------------------
     def _patterns_by_fingerprint(self, fingerprints: Sequence[str]) -> list[Pattern]:
         rows = self._db.fetchall(
-            "SELECT fingerprint, agent_id, node_id, error_type, kind, sample_message, transient, count, sessions, "
-            f"first_seen, last_seen FROM patterns WHERE fingerprint IN ({', '.join('?' * len(fingerprints))})",
+            f"SELECT {_PATTERN_COLUMNS} FROM patterns p WHERE fingerprint IN ({', '.join('?' * len(fingerprints))})",
             list(fingerprints))
         return [_pattern(r) for r in rows]
 
@@ -479,11 +483,25 @@ class FailureIndex:
                           rate=(after[1] / after[0]) if after[0] else None),
             verdict=verdict, p_value=p, reason=why)
 
-    def _examples(self, fingerprint: str, limit: int = 3) -> list[tuple[str, str | None, str]]:
-        """The pattern's newest failures: id, trace id and judge feedback (JSON)."""
-        return self._db.fetchall(  # type: ignore[return-value]
-            "SELECT failure_id, trace_id, judge_feedback FROM failures WHERE fingerprint = ? "
-            f"ORDER BY ts DESC, {self._db.rowid} DESC LIMIT ?", (fingerprint, limit))
+    def _examples(self, fingerprints: Sequence[str], limit: int = 3) -> dict[str, list[tuple[str, str | None, str]]]:
+        """Each pattern's newest failures: id, trace id and judge feedback (JSON).
+
+        One query per pattern in SQLite (in process, each a short index walk); one for them all
+        where the backend has LATERAL joins, so that a server is asked once.
+        """
+        newest = f"SELECT failure_id, trace_id, judge_feedback FROM failures WHERE fingerprint = {{}} " \
+                 f"ORDER BY ts DESC, {self._db.rowid} DESC LIMIT ?"
+        found: dict[str, list[tuple[str, str | None, str]]] = {}
+        if self._db.lateral and fingerprints:
+            values = ", ".join("(?)" for _ in fingerprints)
+            for fp, *example in self._db.fetchall(
+                    f"SELECT p.fp, e.* FROM (VALUES {values}) AS p (fp) "
+                    f"CROSS JOIN LATERAL ({newest.format('p.fp')}) e", (*fingerprints, limit)):
+                found.setdefault(fp, []).append(tuple(example))  # type: ignore[arg-type]
+            return found
+        for fp in fingerprints:
+            found[fp] = self._db.fetchall(newest.format("?"), (fp, limit))  # type: ignore[assignment]
+        return found
 
     def _definitions(self, fingerprint: str, agent_id: str | None) -> Definitions | None:
         """The definition the pattern first failed in, the newest one stored for its agent, the newest version."""
