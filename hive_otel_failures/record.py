@@ -363,6 +363,10 @@ _JSON_FIELDS = frozenset(
 _LIST_FIELDS = frozenset({"constraints_violated", "criteria_unmet"})
 
 
+_RECORD_FIELDS = frozenset(FailureRecord.model_fields)  # the class property is slow to read per key
+_KIND_VALUES = frozenset(k.value for k in FailureKind)
+
+
 def _key(field: str) -> str:
     return semconv.FAILURE_PREFIX + field
 
@@ -391,7 +395,7 @@ def from_attributes(attributes: Mapping[str, Any]) -> FailureRecord:
         if not key.startswith(prefix):
             continue
         field = key[len(prefix) :]
-        if field not in FailureRecord.model_fields:
+        if field not in _RECORD_FIELDS:
             continue
         if field in _JSON_FIELDS:
             value = load_json_field(field, value)
@@ -399,6 +403,91 @@ def from_attributes(attributes: Mapping[str, Any]) -> FailureRecord:
             value = list(value)
         data[field] = value
     return FailureRecord.model_validate(data)
+
+
+# What each attribute of a prepared record is, as to_attributes writes it: the ingest takes a
+# producer's prepared event as it is when it checks out (a model round trip costs ~200 us).
+_TEXT_FIELDS = frozenset({"failure_id", "session_id", "agent_id", "node_id", "error_type", "error_message",
+                          "traceback", "trace_id", "span_id", "agent_version", "fingerprint", "resolution",
+                          "input_context", "memory_snapshot", "graph_snapshot"})
+_BOOL_FIELDS = frozenset({"transient", "evolution_triggered"})
+_LIST_ITEMS: dict[str, Any] = {}  # judge_feedback, tool_calls -> their TypeAdapter, built on first use
+
+
+def _items_valid(field: str, text: str) -> bool:
+    adapter = _LIST_ITEMS.get(field)
+    if adapter is None:
+        from pydantic import TypeAdapter
+
+        item = JudgeFeedback if field == "judge_feedback" else ToolCallAttempt
+        adapter = _LIST_ITEMS[field] = TypeAdapter(list[item])  # type: ignore[valid-type]
+    try:
+        adapter.validate_json(text)
+    except ValueError:
+        return False
+    return True
+
+
+def as_prepared(attributes: Mapping[str, Any], limits: Limits) -> dict[str, AttributeValue] | None:
+    """The ``hive.failure`` attributes of a prepared record, as they are, or None if they are not one.
+
+    Checked without a model: every field of the type to_attributes gives it, a known kind, an
+    aware timestamp in range, attempts in [0, MAX_COUNT], judge feedback and tool calls that
+    validate, strings that encode, and none longer than ``limits`` allow (4 x max_field_bytes,
+    tool calls' cap). Unknown keys are left out. For None, prepare the record instead.
+    """
+    if attributes.get(semconv.FAILURE_PREPARED) is not True:
+        return None
+    prefix, longest = semconv.FAILURE_PREFIX, 4 * limits.max_field_bytes
+    out: dict[str, AttributeValue] = {}
+    for key, value in attributes.items():
+        if not key.startswith(prefix):
+            continue
+        field = key[len(prefix):]
+        kind = type(value)
+        if field in _TEXT_FIELDS or field in _JSON_FIELDS:
+            if kind is not str or len(value) > longest or not (value.isascii() or _encodes(value)):
+                return None
+            if field in ("judge_feedback", "tool_calls") and not _items_valid(field, value):
+                return None
+        elif field in _BOOL_FIELDS:
+            if kind is not bool:
+                return None
+        elif field in _LIST_FIELDS:
+            if kind is not tuple or len(value) > limits.max_items + 1 or not all(
+                    type(v) is str and len(v) <= longest and (v.isascii() or _encodes(v)) for v in value):
+                return None
+        elif field == "attempts":
+            if kind is not int or not 0 <= value <= MAX_COUNT:
+                return None
+        elif field == "kind":
+            if value not in _KIND_VALUES:
+                return None
+        elif field == "timestamp":
+            if kind is not str or not _in_range(value):
+                return None
+        else:
+            continue
+        out[key] = value
+    if not all(_key(f) in out for f in ("failure_id", "fingerprint", "timestamp", "transient")):
+        return None
+    return out
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _in_range(stamp: str) -> bool:
+    try:
+        value = datetime.fromisoformat(stamp)
+    except ValueError:
+        return False
+    return value.tzinfo is not None and _EPOCH <= value <= _LATEST
 
 
 def load_json_field(field: str, text: str | None) -> Any:

@@ -37,8 +37,10 @@ from opentelemetry.sdk.trace.export import (BatchSpanProcessor, SimpleSpanProces
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import hive_otel_failures as hof
+from hive_otel_failures import semconv
 from hive_otel_failures.export import ContentPolicyExporter
 from hive_otel_failures.faces.ingest import IngestError, IngestServer
+from hive_otel_failures.scrub import TRUNCATED_KEY
 
 TOKEN = "s3cret-ingest-token"
 
@@ -390,6 +392,28 @@ def test_a_failure_event_that_is_not_a_record_is_a_partial_success(
     assert "attempts" in response.partial_success.error_message
     assert server.stats().invalid_records == 1
     same_as_local(tmp_path / "central.db", tmp_path / "local.db")  # the valid ones are all there
+    producer.close()
+
+
+def test_a_prepared_event_beyond_this_index_limits_is_prepared_again_the_others_are_taken_as_they_are(
+        tmp_path: Path, start_ingest: Callable[..., IngestServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = Producer(tmp_path / "local.db")
+    with producer.tracer.start_as_current_span("node big"):
+        big = hof.record_failure(failure("sess-1", 0).model_copy(update={"input_context": {"doc": "word " * 4000}}))
+    with producer.tracer.start_as_current_span("node small"):
+        small = hof.record_failure(failure("sess-1", 1))
+    producer.flush()
+    monkeypatch.setenv(semconv.ENV_MAX_FIELD_BYTES, "2048")  # the central index keeps less than the producer
+    server = start_ingest()
+    status, _, _ = post(server, producer.request().SerializeToString())
+    assert status == 200
+    with hof.open_index(tmp_path / "central.db", create=False) as central, \
+            hof.open_index(tmp_path / "local.db", create=False) as local:
+        assert central.get(small.failure_id).model_dump() == local.get(small.failure_id).model_dump()
+        capped = central.get(big.failure_id)
+        assert TRUNCATED_KEY in json.dumps(capped.input_context) and len(json.dumps(capped.input_context)) < 4096
+        assert capped.model_dump(exclude={"input_context"}) == local.get(big.failure_id).model_dump(
+            exclude={"input_context"})
     producer.close()
 
 

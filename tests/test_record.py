@@ -14,7 +14,7 @@ from opentelemetry.trace import StatusCode
 
 import hive_otel_failures as hof
 from hive_otel_failures import semconv
-from hive_otel_failures.record import from_attributes, prepare, to_attributes
+from hive_otel_failures.record import as_prepared, from_attributes, prepare, to_attributes
 from hive_otel_failures.scrub import TRUNCATED_KEY, Limits
 
 text = st.text(max_size=40)
@@ -147,3 +147,51 @@ def test_capped_lists_stay_within_caps_keep_a_marker_and_capping_is_idempotent(c
         if len(kept) != len(given_items):
             markers = [k for k in dumped if TRUNCATED_KEY in json.dumps(k)]
             assert markers, f"{len(given_items)} items became {len(kept)} without a marker"
+
+
+def _prepared_attributes() -> dict:
+    """The hive.failure attributes record_failure puts on a real span."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span("node"):
+        hof.record_failure(hof.FailureRecord(
+            agent_id="a", node_id="n", session_id="s", error_type="builtins.ValueError", error_message="bad row 3",
+            judge_feedback=[hof.JudgeFeedback(attempt=1, action="RETRY", feedback="missing total")],
+            tool_calls=[hof.ToolCallAttempt(tool_name="lookup", arguments={"id": 3})],
+            input_context={"row": 3}, constraints_violated=["totals"]))
+    (span,) = exporter.get_finished_spans()
+    (event,) = span.events
+    return dict(event.attributes)
+
+
+def test_as_prepared_takes_what_record_failure_made_as_it_is() -> None:
+    attributes = _prepared_attributes()
+    taken = as_prepared({**attributes, "other.key": 1, semconv.FAILURE_PREFIX + "from_the_future": "x"}, Limits())
+    assert taken == {k: v for k, v in attributes.items() if k != semconv.FAILURE_PREPARED}
+    assert taken == to_attributes(from_attributes(attributes))  # what the model round trip gives
+
+
+def test_as_prepared_refuses_what_to_attributes_would_not_make() -> None:
+    key = semconv.FAILURE_PREFIX.__add__
+    attributes = _prepared_attributes()
+    defects = {
+        "not marked prepared": {semconv.FAILURE_PREPARED: False},
+        "attempts as text": {key("attempts"): "3"},
+        "attempts out of range": {key("attempts"): -1},
+        "a bool as text": {key("transient"): "false"},
+        "an unknown kind": {key("kind"): "gremlins"},
+        "a naive time": {key("timestamp"): "2026-01-01T00:00:00"},
+        "a time before 1970": {key("timestamp"): "1969-12-31T23:59:59+00:00"},
+        "not a time": {key("timestamp"): "yesterday"},
+        "a message beyond the limits": {key("error_message"): "x" * (4 * 1024 + 1)},
+        "a lone surrogate": {key("agent_id"): "agent-\ud800"},
+        "judge feedback of the wrong shape": {key("judge_feedback"): '[{"attempt": "first"}]'},
+        "tool calls cut short": {key("tool_calls"): '[{"tool_name": "lookup", "argu'},
+        "a list of numbers": {key("constraints_violated"): (1, 2)},
+        "an id that is a number": {key("session_id"): 7},
+    }
+    for why, change in defects.items():
+        assert as_prepared({**attributes, **change}, Limits(max_field_bytes=1024)) is None, why
+    for required in ("failure_id", "fingerprint", "timestamp", "transient"):
+        assert as_prepared({k: v for k, v in attributes.items() if k != key(required)}, Limits()) is None, required

@@ -65,8 +65,8 @@ from pydantic import ValidationError
 
 from .. import semconv
 from ..index import FailureIndex, FailureIndexError, open_index
-from ..record import (RunOutcome, filled_from_span, from_attributes, from_time_ns, prepare, run_from_attributes,
-                      to_attributes)
+from ..record import (RunOutcome, as_prepared, filled_from_span, from_attributes, from_time_ns, prepare,
+                      run_from_attributes, to_attributes)
 from ..scrub import Limits
 
 _log = logging.getLogger(__name__)
@@ -84,7 +84,6 @@ _DRAIN_LIMIT = 64 * 1024 * 1024  # an unwanted body up to this size is read befo
 _SERVICE = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name
 _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
 _PREFIX = semconv.FAILURE_PREFIX
-_REQUIRED_PREPARED = (_PREFIX + "failure_id", _PREFIX + "fingerprint", _PREFIX + "timestamp")
 _PROTOBUF_TYPES = frozenset({"application/x-protobuf", "application/protobuf"})
 _JSON_TYPE = "application/json"
 
@@ -204,11 +203,14 @@ def failure_attributes(attributes: Mapping[str, Any], *, trace_id: str | None, s
     """The prepared ``hive.failure`` attributes the index stores for one received event.
 
     As the local processor: trace and span ids and the time come from the span and the event
-    when the record has none. Raises ValidationError (or ValueError) for what is not a record.
+    when the record has none. A prepared event that does not check out (a type, a size beyond
+    this index's limits) is prepared again here. Raises ValidationError (or ValueError) for
+    what is not a record.
     """
-    record = from_attributes(attributes)  # validates every field, prepared or not
-    if attributes.get(semconv.FAILURE_PREPARED) is True and all(k in attributes for k in _REQUIRED_PREPARED):
-        return to_attributes(record)
+    prepared = as_prepared(attributes, limits)  # a producer's record_failure made it: taken as it is
+    if prepared is not None:
+        return prepared
+    record = from_attributes(attributes)  # validates every field
     if _PREFIX + "failure_id" not in attributes:
         record = record.model_copy(
             update={"failure_id": _derived_failure_id(trace_id or "", span_id or "", ordinal, time_ns)})
