@@ -58,8 +58,10 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         assert self.bindir is not None
-        self.dir = Path(tempfile.mkdtemp(prefix="hof-pg-"))
-        if os.geteuid() == 0:
+        root = os.geteuid() == 0
+        # Under root the server's user must reach its directory: /tmp, not a TMPDIR inside /root.
+        self.dir = Path(tempfile.mkdtemp(prefix="hof-pg-", dir="/tmp" if root and Path("/tmp").is_dir() else None))
+        if root:
             user = pwd.getpwnam(UNPRIVILEGED_USER)
             os.chown(self.dir, user.pw_uid, user.pw_gid)
             self._run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
