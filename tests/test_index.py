@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -395,3 +396,19 @@ def test_the_sqlite_index_needs_no_postgresql_package(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "pip install 'hive-otel-failures[postgres]'" in done.stdout
+
+
+def test_the_cli_reads_either_backend_the_same_way(db_location: str) -> None:
+    """``hive-failures --db`` takes a path or a postgresql:// URL; agents get the same JSON from both."""
+    with hof.open_index(db_location) as index:
+        index.add([failure(i) for i in range(4)], [hof.RunOutcome(session_id=f"s{i}", agent_id="report-agent",
+                                                                  success=False) for i in range(4)])
+        fingerprint = index.patterns()[0].fingerprint
+    answers = {}
+    for command in ("patterns", "stats", "advise"):
+        done = subprocess.run([sys.executable, "-m", "hive_otel_failures", command, "--db", db_location, "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        answers[command] = json.loads(done.stdout)
+    assert fingerprint in json.dumps(answers["patterns"]) and fingerprint in json.dumps(answers["advise"])
+    assert (answers["stats"]["runs"], answers["stats"]["failed_runs"], answers["stats"]["failures"]) == (4, 4, 4)
