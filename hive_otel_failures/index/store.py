@@ -95,7 +95,8 @@ class FailureIndex:
                  busy_timeout: float = 10.0) -> None:
         """``path``: a SQLite file, or a ``postgresql://`` URL (its database must exist; the schema is made).
 
-        ``create=False`` (readers) neither makes nor migrates anything.
+        ``create=False`` (readers) neither makes nor migrates anything. ``self.path`` is the file,
+        or the URL without its password. ``busy_timeout`` is also PostgreSQL's connect timeout.
         """
         self.limits = limits or Limits.from_env()
         self._db: Backend
