@@ -57,6 +57,13 @@ class PostgresServer:
         self._run_as: dict[str, object] = {}
 
     def start(self) -> PostgresServer:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # nothing left behind in /tmp
+            raise
+
+    def _start(self) -> PostgresServer:
         assert self.bindir is not None
         root = os.geteuid() == 0
         # Under root the server's user must reach its directory: /tmp, not a TMPDIR inside /root.
@@ -93,7 +100,10 @@ class PostgresServer:
     def stop(self) -> None:
         if self.dir is None:
             return
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop", check=False)
+        try:
+            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop", check=False)
+        except OSError:
+            pass  # no pg_ctl: no server either
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
 
