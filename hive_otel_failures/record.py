@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import semconv
 from .fingerprint import fingerprint as _fingerprint
 from .fingerprint import is_transient
-from .scrub import TRUNCATED_KEY, Limits, safe_text, sanitize
+from .scrub import TRUNCATED_KEY, Limits, encodable, safe_text, sanitize
 
 AttributeValue = str | bool | int | float | tuple[str, ...]
 
@@ -186,14 +186,10 @@ def bounded_count(value: Any, default: int = 1) -> int:
 
 
 def valid_text(value: Any) -> Any:
-    """Text that every encoder takes: lone surrogates become ``?`` (as in messages). Not scrubbed, not cut."""
+    """Text that every encoder takes (``scrub.encodable``), from any value. Not scrubbed, not cut."""
     if value is None:
         return None
-    if not isinstance(value, str):
-        value = str(value)
-    if value.isascii():
-        return value
-    return value.encode("utf-8", "replace").decode("utf-8")
+    return encodable(value if isinstance(value, str) else str(value))
 
 
 _ID_FIELDS = ("failure_id", "session_id", "agent_id", "node_id", "trace_id", "span_id", "agent_version",
@@ -307,8 +303,9 @@ def prepare(record: FailureRecord, limits: Limits | None = None) -> FailureRecor
     }
     for name in _ID_FIELDS:
         value = getattr(record, name)
-        if value is not None and not (type(value) is str and value.isascii()):
-            update[name] = valid_text(value)
+        clean = valid_text(value)  # the same object when there is nothing to replace
+        if clean is not value:
+            update[name] = clean
     if record.fingerprint is None:
         update["fingerprint"] = _fingerprint(
             agent_id=update.get("agent_id", record.agent_id),
@@ -446,7 +443,7 @@ def as_prepared(attributes: Mapping[str, Any], limits: Limits) -> dict[str, Attr
         field = key[len(prefix):]
         kind = type(value)
         if field in _TEXT_FIELDS or field in _JSON_FIELDS:
-            if kind is not str or len(value) > longest or not (value.isascii() or _encodes(value)):
+            if kind is not str or len(value) > longest or not _storable(value):
                 return None
             if field in ("judge_feedback", "tool_calls") and not _items_valid(field, value):
                 return None
@@ -455,7 +452,7 @@ def as_prepared(attributes: Mapping[str, Any], limits: Limits) -> dict[str, Attr
                 return None
         elif field in _LIST_FIELDS:
             if kind is not tuple or len(value) > limits.max_items + 1 or not all(
-                    type(v) is str and len(v) <= longest and (v.isascii() or _encodes(v)) for v in value):
+                    type(v) is str and len(v) <= longest and _storable(v) for v in value):
                 return None
         elif field == "attempts":
             if kind is not int or not 0 <= value <= MAX_COUNT:
@@ -474,7 +471,12 @@ def as_prepared(attributes: Mapping[str, Any], limits: Limits) -> dict[str, Attr
     return out
 
 
-def _encodes(text: str) -> bool:
+def _storable(text: str) -> bool:
+    """What ``scrub.encodable`` leaves as it is."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate

@@ -334,8 +334,11 @@ def redact_text(text: str) -> str:
     return text
 
 
-def _valid_utf8(text: str) -> str:
-    # Lone surrogates (from undecodable bytes) would make SQLite and protobuf raise.
+def encodable(text: str) -> str:
+    """``text`` as every store and encoder takes it: lone surrogates (from undecodable bytes, which
+    SQLite and protobuf refuse) become ``?``, NUL characters (where SQLite's text ends) U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
     if text.isascii():
         return text
     return text.encode("utf-8", "replace").decode("utf-8")
@@ -366,11 +369,11 @@ def _scrub_capped(text: str, limit: int) -> str:
     """Cap, then redact what is kept: the cost follows the cap, not the input."""
     n = len(text)
     if n <= limit:
-        return cap_text(redact_text(_valid_utf8(text)), limit)
+        return cap_text(redact_text(encodable(text)), limit)
     marker = _marker_start(text)
     if marker is not None and marker <= limit:  # capped before: scrub the kept head again
-        return redact_text(_valid_utf8(text[:marker])) + text[marker:]
-    window = _valid_utf8(text[: limit + _LOOKAHEAD])
+        return redact_text(encodable(text[:marker])) + text[marker:]
+    window = encodable(text[: limit + _LOOKAHEAD])
     head = redact_text(window)
     # Drop what the lookahead added (redactions only shorten or swap spans, the tail is intact).
     head = head[: max(0, len(head) - (len(window) - limit))]
@@ -427,7 +430,7 @@ def _redacted(value: Any) -> Any:
 @functools.lru_cache(maxsize=4096)
 def _clean_key(name: str) -> tuple[str, int]:
     kind = _key_class(name)
-    clean = redact_text(_valid_utf8(name))
+    clean = redact_text(encodable(name))
     if clean == name and kind != _ID and _looks_random_key(name):
         clean = REDACTED
     return clean, kind
@@ -481,7 +484,7 @@ class _Sanitizer:
             return "…[over the field cap]"
         limit = self.limits.max_string_chars
         if kind == _ID:
-            out = _valid_utf8(cap_text(text, limit))
+            out = encodable(cap_text(text, limit))
         elif kind == _SECRETISH and _looks_random(text):
             out = REDACTED
         else:

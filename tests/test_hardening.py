@@ -261,6 +261,20 @@ def test_lone_surrogates_in_ids_tool_names_and_versions_are_replaced_and_stored(
     assert row.node_id == "n"  # valid ids are kept verbatim
 
 
+def test_nul_characters_are_replaced_not_where_the_stored_text_ends(app: App) -> None:
+    app.fail(hof.FailureRecord(agent_id="agent\x00one", error_message="bad byte \x00 here", node_id="n",
+                               traceback="line 1\x00line 2", constraints_violated=["no \x00 allowed"]))
+    with app.tracer.start_as_current_span("run"):
+        hof.record_run(hof.RunOutcome(session_id="s\x00", agent_id="agent\x00one", success=False))
+    stats = app.flush()
+    assert (stats.written, stats.runs_written, stats.errors) == (1, 1, 0)
+    (row,) = app.rows()
+    assert (row.agent_id, row.error_message) == ("agent\ufffdone", "bad byte \ufffd here")
+    assert (row.traceback, row.constraints_violated) == ("line 1\ufffdline 2", ["no \ufffd allowed"])
+    with hof.open_index(app.db, create=False) as index:
+        assert index.stats(agent_id="agent\ufffdone").runs == 1
+
+
 @pytest.mark.parametrize(("given", "kept"), [(-5, 0), (-(2**70), 0), (2**63, 2**31 - 1), (2**64 + 1, 2**31 - 1),
                                              (7, 7)])
 def test_attempts_are_bounded(app: App, given: int, kept: int) -> None:
