@@ -549,6 +549,86 @@ def test_a_restart_mid_run_loses_nothing_and_doubles_nothing(tmp_path: Path) -> 
     grpc_producer.close()
 
 
+PRODUCER_PROCESS = """
+import sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+import hive_otel_failures as hof
+from tests.test_ingest import failure
+
+kind, endpoint, local_db, name = sys.argv[1:5]
+if kind == "http":
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=30)
+else:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=30)
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=50, max_export_batch_size=16))
+local = hof.FailureIndexProcessor(local_db)
+provider.add_span_processor(local)
+tracer = provider.get_tracer("producer")
+
+def runs(sessions):
+    for s in sessions:
+        with tracer.start_as_current_span("invoke_agent orders") as run_span:
+            for i in range(2):
+                with tracer.start_as_current_span("node"):
+                    hof.record_failure(failure(f"{name}-{s}", i))
+            hof.record_run(hof.RunOutcome(session_id=f"{name}-{s}", agent_id="orders", success=False, failures=2),
+                           span=run_span)
+
+runs(range(10))
+assert provider.force_flush(60_000)
+print("half", flush=True)
+sys.stdin.readline()  # the ingest is down now: these exports fail and are retried
+runs(range(10, 20))
+assert provider.force_flush(60_000) and local.force_flush(60_000)
+provider.shutdown()
+"""
+
+
+def test_three_producer_processes_into_postgresql_lose_nothing_across_a_restart(
+        tmp_path: Path, postgres_server: Any) -> None:
+    """The SDK's own exporters in three processes (http/protobuf and gRPC); the ingest restarts mid-run."""
+    central = postgres_server.database()
+    server = IngestServer(central, port=0, grpc_port=0).start()
+    ports = {"port": server.http_port, "grpc_port": server.grpc_port}
+    endpoints = {"http": url(server), "grpc": f"127.0.0.1:{server.grpc_port}"}
+    kinds = ["http", "grpc", "http"]
+    producers = [subprocess.Popen(
+        [sys.executable, "-c", PRODUCER_PROCESS, kind, endpoints[kind], str(tmp_path / f"local-{n}.db"), f"p{n}"],
+        cwd=Path(__file__).parent.parent, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE) for n, kind in enumerate(kinds)]
+    try:
+        for producer in producers:
+            assert producer.stdout.readline().strip() == "half", producer.communicate(timeout=60)[1]
+        assert server.stop()
+        for producer in producers:
+            producer.stdin.write("go on\n")
+            producer.stdin.flush()
+        time.sleep(1.0)  # the producers export into a closed port meanwhile
+        server = IngestServer(central, **ports).start()
+        errors = []
+        for producer in producers:
+            errors.append(producer.communicate(timeout=120)[1])
+            assert producer.returncode == 0, errors[-1]
+        assert all("retrying" in err for err in errors)  # the SDK's exporters met the closed port and retried
+    finally:
+        server.stop()
+        for producer in producers:
+            producer.kill()
+    produced = sorted(i for n in range(3) for i in failure_ids(tmp_path / f"local-{n}.db"))
+    assert len(produced) == 3 * 20 * 2
+    with hof.open_index(central, create=False) as index:
+        assert sorted(r.failure_id for r in index.recent(limit=1000)) == produced  # each once, none lost
+        assert (index.stats().runs, index.stats().failed_runs) == (60, 60)
+    import psycopg
+
+    with psycopg.connect(central) as conn:  # not in the public API: each run merged once
+        assert conn.execute("SELECT count(*), sum(failures) FROM runs").fetchone() == (60, 120)
+
+
 # --- health and counters --------------------------------------------------------------------------------
 def test_healthz_stats_and_metrics(tmp_path: Path, start_ingest: Callable[..., IngestServer]) -> None:
     server = start_ingest()
@@ -579,9 +659,9 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 
-def test_the_command_serves_until_sigterm_and_commits_what_it_acknowledged(tmp_path: Path) -> None:
-    db = tmp_path / "central.db"
-    proc = _cli("--db", str(db), "--port", "0", "--grpc-port", "0")
+def test_the_command_serves_until_sigterm_and_commits_what_it_acknowledged(tmp_path: Path, db_location: str) -> None:
+    db = db_location  # a SQLite file, or a PostgreSQL database
+    proc = _cli("--db", db, "--port", "0", "--grpc-port", "0")
     lines = []
     while not any("OTLP/gRPC" in line for line in lines):
         line = proc.stderr.readline()
@@ -604,7 +684,7 @@ def test_the_command_serves_until_sigterm_and_commits_what_it_acknowledged(tmp_p
 
 @pytest.mark.parametrize("args, words", [
     (["--host", "0.0.0.0"], "HIVE_FAILURES_INGEST_TOKEN"),
-    (["--db", "postgresql://user@db.example/failures"], "PostgreSQL"),
+    (["--db", "postgresql://user@127.0.0.1:1/failures"], "PostgreSQL"),
     (["--port", "70000"], "'--port'"),
     (["--queue-size", "0"], "'--queue-size'"),
 ])
