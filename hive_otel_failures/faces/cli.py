@@ -13,7 +13,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
@@ -81,7 +81,7 @@ def _err() -> Console:
 
 # Help text is rich markup: "\[" keeps the bracket of [default: ...].
 Db = Annotated[Optional[str], typer.Option(
-    "--db", help="Index path or sqlite:/// URL \\[default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")]
+    "--db", help="Index path, sqlite:/// or postgresql:// URL \\[default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (errors too).")]
 Agent = Annotated[Optional[str], typer.Option("--agent", help="Only this agent id.")]
 Since = Annotated[Optional[str], typer.Option("--since", help="Window: 30m, 24h, 7d or an ISO 8601 time.")]
@@ -526,15 +526,143 @@ def queen_uninstall() -> None:
 @app.command()
 def migrate(db: Db = None) -> None:
     """Upgrade an index to this version's schema. Readers never do; at 1M failures it takes about half a minute."""
-    from ..index import FailureIndexError, index_path
+    from ..index import FailureIndexError, default_location, index_path, is_server
 
-    try:
-        if not index_path(db).exists():
-            raise FailureIndexError(f"no failure index at {index_path(db)} (set HIVE_FAILURES_DB or pass --db)")
-    except FailureIndexError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT, False)
+    if not is_server(db or default_location()):  # a database on a server exists or the connection says so
+        try:
+            if not index_path(db).exists():
+                raise FailureIndexError(f"no failure index at {index_path(db)} (set HIVE_FAILURES_DB or pass --db)")
+        except FailureIndexError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT, False)
     with _index(db, create=True) as index:
         _out().print(f"{index.path}: schema version {index.schema_version}")
+
+
+# --- retention and portability -------------------------------------------------------------------
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+@app.command()
+def prune(older_than: Annotated[str, typer.Option(
+              "--older-than", help="Delete failures older than this (and runs that ended before): 90d, 12w, or "
+                                   "an ISO 8601 time.")],
+          db: Db = None, as_json: Json = False,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; delete nothing.")] = False
+          ) -> None:
+    """Delete old failures, their unused snapshots and old runs; patterns, counters, rates and fixes stay."""
+    from ..index import prune as prune_index
+
+    with _index(db, as_json) as index:
+        report = prune_index(index, older_than, dry_run=dry_run)
+    if as_json:
+        return _emit_json(report)
+    verb = "would remove" if report.dry_run else "removed"
+    _out().print(f"{verb} {_n(report.failures_removed, 'failure')}, {_n(report.blobs_removed, 'snapshot')} "
+                 f"({_size(report.blob_bytes_removed)}), {_n(report.runs_removed, 'run')} from before "
+                 f"{report.cut.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    _out().print(f"kept {_n(report.failures_kept, 'failure')}, {_n(report.runs_kept, 'run')}, "
+                 f"{_n(report.patterns_kept, 'pattern')} with their counters "
+                 f"({report.patterns_without_failures} with no failure left), "
+                 f"{_n(report.resolutions_kept, 'resolution')}")
+
+
+def _gzipped(path: str) -> bool:
+    return path.endswith(".gz")
+
+
+@app.command("export")
+def export_index(output: Annotated[str, typer.Argument(
+                     help="File to write (.gz compresses), or - for stdout.")] = "-",
+                 db: Db = None,
+                 as_json: Json = False) -> None:
+    """Write the whole index as JSON lines (failures with content, runs, resolutions, patterns and counters).
+
+    With output to stdout the summary goes to stderr (as JSON with --json).
+    """
+    import os
+    import sys
+
+    from ..index import export_jsonl
+
+    to_stdout = output == "-"
+    part = f"{output}.part"
+    with _index(db, as_json) as index:
+        try:
+            if to_stdout:
+                report = export_jsonl(index, sys.stdout)
+                sys.stdout.flush()
+            else:  # written aside and renamed: never half a file under the name asked for
+                if _gzipped(output):
+                    import gzip
+
+                    stream = gzip.open(part, "wt", encoding="utf-8")
+                else:
+                    stream = open(part, "w", encoding="utf-8")  # noqa: SIM115
+                try:
+                    with stream:
+                        report = export_jsonl(index, stream)
+                    os.replace(part, output)
+                except BaseException:
+                    if os.path.exists(part):
+                        os.unlink(part)
+                    raise
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_BAD_INPUT, as_json)
+    summary = (f"exported {_n(report.failures, 'failure')}, {_n(report.runs, 'run')}, "
+               f"{_n(report.resolutions, 'resolution')}, {_n(report.patterns, 'pattern')} "
+               f"({report.patterns_with_pruned_counts} with pruned counts), run counters of "
+               f"{_n(report.agents, 'agent')}" + ("" if to_stdout else f" to {output}"))
+    if as_json:
+        text = json.dumps(report.model_dump(mode="json"), indent=2)
+        typer.echo(text, err=to_stdout)
+    elif to_stdout:
+        _err().print(summary, soft_wrap=True)
+    else:
+        _out().print(summary, soft_wrap=True)
+
+
+@app.command("import")
+def import_index(source: Annotated[str, typer.Argument(
+                     help="An export to read (.gz is decompressed), or - for stdin.")] = "-",
+                 db: Db = None, as_json: Json = False,
+                 batch_size: Annotated[int, typer.Option(
+                     "--batch-size", min=1, help="Failures written per transaction.")] = 1000) -> None:
+    """Read an export into the index (made if missing); what it holds already is skipped, so twice is once."""
+    import sys
+
+    from ..index import import_jsonl
+
+    try:
+        if source == "-":
+            stream = sys.stdin
+        elif _gzipped(source):
+            import gzip
+
+            stream = gzip.open(source, "rt", encoding="utf-8")
+        else:
+            stream = open(source, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        _fail(f"cannot read {source}: {exc.strerror or exc}", EXIT_BAD_INPUT, as_json)
+    with _index(db, as_json, create=True) as index:
+        try:
+            with stream:
+                report = import_jsonl(index, stream, batch_size=batch_size)
+        except (OSError, UnicodeDecodeError, EOFError) as exc:
+            _fail(f"cannot read {source}: {exc}", EXIT_BAD_INPUT, as_json)
+    if as_json:
+        return _emit_json(report)
+    r = report
+    _out().print(f"imported {_n(r.failures_added, 'failure')} ({r.failures_skipped} already there), "
+                 f"{_n(r.runs_added, 'run')} ({r.runs_skipped} already there), "
+                 f"{_n(r.resolutions_added, 'resolution')} ({r.resolutions_skipped} already there)", soft_wrap=True)
+    _out().print(f"patterns: {r.patterns_copied} new, {r.patterns_merged} with pruned counts added, "
+                 f"{r.patterns_unchanged} unchanged; run counters of agents: {r.agents_copied} new, "
+                 f"{r.agents_merged} merged, {r.agents_unchanged} unchanged", soft_wrap=True)
 
 
 @app.command()

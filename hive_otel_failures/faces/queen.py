@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from .. import semconv
-from ..index import FailureIndexError, index_path
+from ..index import FailureIndexError, default_location, index_path, is_server
 
 DEFAULT_NAME = "hive-failures"
 _DESCRIPTION = ("Hive failure index: what keeps failing, whether to change an agent, a diagnosis for the "
@@ -46,8 +46,12 @@ def _registry() -> tuple[Any, Path]:
     return MCPRegistry(base_path=base), base / "installed.json"
 
 
-def _absolute_db(db: str | None) -> Path:
-    """The index as an absolute file path: the Queen's server does not run in this directory."""
+def _absolute_db(db: str | None) -> Path | str:
+    """The index as an absolute file path (the Queen's server does not run in this directory), or a
+    ``postgresql://`` URL as it is: it names the same database from anywhere."""
+    location = db if db is not None else default_location()
+    if is_server(location):
+        return location
     try:
         return index_path(db).resolve()
     except FailureIndexError as exc:
@@ -75,8 +79,9 @@ def install(db: str | None = None, name: str = DEFAULT_NAME) -> str:
                            description=_DESCRIPTION)
     except MCPError as exc:
         raise QueenSetupError(f"Hive's MCP registry refused {name!r}: {exc}") from None
-    note = "" if path.exists() else (" The index does not exist yet: it appears when an instrumented Hive run "
-                                     "records its first failure; until then the tools answer 'no failures yet'.")
+    missing = isinstance(path, Path) and not path.exists()  # a server's database exists or install's user sees why
+    note = "" if not missing else (" The index does not exist yet: it appears when an instrumented Hive run "
+                                   "records its first failure; until then the tools answer 'no failures yet'.")
     return (f"{'Updated' if updated else 'Registered'} MCP server {name!r} in {where}: {sys.executable} "
             f"-m hive_otel_failures mcp --db {path}. The Queen loads its 8 failure tools at her next session."
             + note)
