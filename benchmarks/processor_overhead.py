@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 import hive_otel_failures as hof
 from hive_otel_failures.index.schema import MIGRATIONS
+from hive_otel_failures.index.sqlite import register
 from hive_otel_failures.record import prepare
 
 
@@ -107,10 +108,15 @@ def app_thread_overhead(spans: int, rounds: int, tmp: Path) -> dict[str, float]:
     return results
 
 
+def _stored_columns(conn: sqlite3.Connection, table: str) -> str:
+    """The columns a table stores (a generated column such as blobs.content is computed, not written)."""
+    return ", ".join(name for _, name, *_, hidden in conn.execute(f"PRAGMA table_xinfo({table})") if hidden == 0)
+
+
 def stored_rows(db: Path, tables: Sequence[str] = ("failures", "blobs", "patterns")) -> dict[str, list[tuple]]:
-    """Exactly the rows our writer left in the database, table by table."""
+    """Exactly the rows our writer left in the database, table by table, as stored (blobs deflated)."""
     conn = sqlite3.connect(db)
-    rows = {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
+    rows = {t: conn.execute(f"SELECT {_stored_columns(conn, t)} FROM {t}").fetchall() for t in tables}
     conn.close()
     return rows
 
@@ -121,6 +127,7 @@ def raw_executemany(db: Path, rows: dict[str, list[tuple]], n: int, batch: int) 
     Triggers are dropped: the counters they would keep are among the rows written.
     """
     conn = sqlite3.connect(db, isolation_level=None)
+    register(conn, str(db))  # the schema's functions (blobs.content); the rows come deflated
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     for migration in MIGRATIONS:
@@ -128,6 +135,7 @@ def raw_executemany(db: Path, rows: dict[str, list[tuple]], n: int, batch: int) 
     for (trigger,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
         conn.execute(f"DROP TRIGGER {trigger}")
     conn.execute("DELETE FROM run_counts")
+    columns = {t: _stored_columns(conn, t) for t in rows}
     per_batch = {t: max(1, len(r) * batch // n) for t, r in rows.items()}
     t0 = time.perf_counter()
     for i in range(0, n // batch + 1):
@@ -135,7 +143,8 @@ def raw_executemany(db: Path, rows: dict[str, list[tuple]], n: int, batch: int) 
         for table, table_rows in rows.items():
             chunk = table_rows[i * per_batch[table] : (i + 1) * per_batch[table]]
             if chunk:
-                conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(chunk[0]))})", chunk)
+                conn.executemany(f"INSERT INTO {table} ({columns[table]}) VALUES ({', '.join('?' * len(chunk[0]))})",
+                                 chunk)
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - t0
     conn.close()

@@ -20,7 +20,9 @@ The records are those of benchmarks/queries.py (``_query_data``): 50 agents, 300
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import resource
 import statistics
 import sys
@@ -39,7 +41,7 @@ from _query_data import BATCH, World, generate
 from hive_otel_failures.record import from_attributes
 from processor_overhead import raw_executemany, stored_rows
 
-TABLES = ("blobs", "failures", "patterns", "failure_counts", "runs", "run_counts")
+TABLES = ("blob_z", "failures", "patterns", "failure_counts", "runs", "run_counts")
 RUNS_PER_FAILURE_SPAN = 4  # successful runs emitted beside each failing one
 
 
@@ -72,6 +74,36 @@ def _db_bytes(db: Path) -> int:
     return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
 
 
+_GROUPS = (("blobs (snapshots)", ("blob_z", "sqlite_autoindex_blobs_1", "sqlite_autoindex_blob_z_1", "blob_dicts")),
+           ("failures rows", ("failures",)),
+           ("failures indexes", ("sqlite_autoindex_failures_1", "failures_ts", "failures_agent_ts", "failures_session",
+                                 "failures_fp_ts")),
+           ("runs rows + indexes", ("runs", "sqlite_autoindex_runs_1", "runs_agent_started")),
+           ("counters, patterns, rest", None))
+
+
+def size_breakdown(db: Path, n: int, indent: str = "   ") -> None:
+    """Bytes per failure of the file (checkpointed), by what holds them: SQLite's dbstat pages."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    try:
+        pages = dict(conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall())
+    except sqlite3.OperationalError:  # a SQLite built without dbstat: the total only
+        pages = {}
+    total = db.stat().st_size
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    parts, seen = [], set()
+    for label, names in _GROUPS:
+        names = names or [k for k in pages if k not in seen]
+        seen.update(names)
+        parts.append(f"{label} {sum(pages.get(k, 0) for k in names) / n:,.0f}")
+    print(f"{indent}file {total / n:,.0f} bytes per failure = " + " + ".join(parts)
+          + (f" + free pages {free / n:,.0f}" if free else ""))
+
+
 # --- 1. alone vs raw executemany ------------------------------------------------------------------
 def writer_vs_raw(n: int, repeats: int, tmp: Path) -> None:
     data = list(batches(n))
@@ -89,13 +121,17 @@ def writer_vs_raw(n: int, repeats: int, tmp: Path) -> None:
         gc.collect()
         raw.append(raw_executemany(tmp / f"raw-{r}.db", rows, n, BATCH))
         size = _db_bytes(db)
+        if r == 0:
+            with contextlib.redirect_stdout(io.StringIO()) as breakdown:
+                size_breakdown(db, n)
         for p in tmp.glob("*.db*"):
             p.unlink()
     o, w = statistics.median(ours), statistics.median(raw)
     print(f"1. writer alone, {n:,} failures + {n_runs:,} runs, batches of {BATCH} ({repeats} runs alternated, medians)")
     print(f"   ours (add_prepared)      : {n / o:9,.0f} failures/s  ({n_runs / o:,.0f} runs/s)   target >= 15,000")
     print(f"   raw executemany, same rows: {n / w:9,.0f} failures/s  ratio ours/raw {w / o:.2f}   target >= 0.90")
-    print(f"   file: {size / n:,.0f} bytes per failure (runs and counters included)")
+    print(f"   file: {size / n:,.0f} bytes per failure (runs and counters included, WAL as left)")
+    print(breakdown.getvalue(), end="")
 
 
 # --- 2. growth --------------------------------------------------------------------------------------
@@ -113,6 +149,7 @@ def growth(n: int, tmp: Path, step: int = 100_000) -> None:
             if done >= mark:
                 print(f"   {done:>8,} | {step / spent:>22,.0f} | {_db_bytes(db) / done:>13,.0f} | {_rss_mb():>10,.0f}")
                 spent, mark = 0.0, mark + step
+    size_breakdown(db, done)
     for p in tmp.glob("growth.db*"):
         p.unlink()
 

@@ -21,7 +21,10 @@ class Raw:
 
             self.conn: Any = psycopg.connect(location, autocommit=True)
         else:
+            from hive_otel_failures.index.sqlite import register
+
             self.conn = sqlite3.connect(location, isolation_level=None)
+            register(self.conn, location)  # blobs.content and the migrations' functions
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self.server:

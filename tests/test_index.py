@@ -176,6 +176,47 @@ def test_snapshots_are_content_addressed_and_stored_once(db_location: str) -> No
         assert index.recent(limit=1)[0].graph_snapshot == graph
 
 
+def test_sqlite_snapshots_are_deflated_and_read_back_through_the_blobs_view(db_path: Path) -> None:
+    """Stored deflated in blob_z, with the file's dictionary once a batch has enough snapshot text."""
+    contexts = [{"row": i, "text": f"order {i} of customer {i * 7} awaits a refund " * 20} for i in range(40)]
+    with hof.open_index(db_path, create=True) as writer, hof.open_index(db_path, create=False) as early_reader:
+        writer.add([failure(i, input_context={"row": i}) for i in range(2)])  # too little text for a dictionary
+        assert writer._db.fetchall("SELECT count(*) FROM blob_dicts") == [(0,)]
+        writer.add([failure(i, input_context=contexts[i]) for i in range(2, 40)])
+        assert writer._db.fetchall("SELECT id FROM blob_dicts") == [(1,)]
+        stored, text = writer._db.fetchone("SELECT sum(length(z)), sum(length(CAST(content AS BLOB))) FROM blobs "
+                                           "JOIN blob_z USING (sha256)")
+        assert stored < text / 4
+        assert {z[0] for (z,) in writer._db.fetchall("SELECT z FROM blob_z")} == {0, 1}
+        # a reader opened before the dictionary existed finds it when it meets it
+        assert sorted(r.input_context["row"] for r in early_reader.recent(limit=100)) == list(range(40))
+        assert early_reader.get(early_reader.recent(limit=1)[0].failure_id).input_context == contexts[39]
+        # plain SQL: the view reads as the table did, and takes inserts (deflated without a dictionary)
+        writer._db.transaction([("INSERT INTO blobs (sha256, content, size) VALUES ('x', '{\"a\": 1}', 8)", ())])
+        assert writer._db.fetchall("SELECT content, size FROM blobs WHERE sha256 = 'x'") == [('{"a": 1}', 8)]
+    conn = sqlite3.connect(db_path)  # without the package's functions: the deflated rows are still counted
+    assert conn.execute("SELECT count(*) FROM blob_z").fetchone() == (41,)
+    conn.close()
+
+
+def test_sqlite_snapshots_of_an_older_file_are_deflated_by_the_migration(db_path: Path) -> None:
+    with raw(str(db_path)) as old:
+        old.migrate_to(3)
+        old.insert("blobs", "sha256, content, size", [("abc", '{"row": 1}', 10)])
+        old.insert("failures", "failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, "
+                   "attempts, judge_feedback, constraints_violated, criteria_unmet, tool_calls, input_context_sha, "
+                   "fingerprint, transient", [("old1", "s", "a", "n", 1700000000.0, "exception", "E", "m", 1, "[]",
+                                               "[]", "[]", "[]", "abc", "v1:old", 0)])
+        old.insert("runs", "session_id, agent_id, started_at, ended_at, success", [("s", "a", 1.0, 2.0, 0)])
+    with hof.open_index(db_path) as index:
+        assert index.get("old1").input_context == {"row": 1}
+        assert index._db.fetchall("SELECT sha256, size, length(z) > 0 FROM blob_z") == [("abc", 10, 1)]
+        assert index._db.fetchall("PRAGMA foreign_key_check") == []
+        assert index.stats().runs == 1
+        index.add([], [hof.RunOutcome(session_id="s2", agent_id="a", success=True)])  # runs still counted
+        assert index.stats().runs == 2
+
+
 def test_get_by_prefix(db_location: str) -> None:
     with hof.open_index(db_location) as index:
         index.add([failure(1, failure_id="abcdef0123"), failure(2, failure_id="abcdef9999")])

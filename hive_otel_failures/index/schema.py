@@ -20,6 +20,34 @@ class Migration(NamedTuple):
     postgresql: str
 
 
+# SQLite's triggers that keep run_counts (as migration 3 made them), made again where runs is rebuilt.
+_RUN_TRIGGERS = """
+    CREATE TRIGGER runs_counted AFTER INSERT ON runs BEGIN
+        INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
+        SELECT grain, CAST(new.started_at / grain AS INTEGER), new.agent_id, coalesce(new.agent_version, ''), 1,
+               new.success = 0, new.started_at FROM grains WHERE true
+        ON CONFLICT DO UPDATE SET runs = runs + 1, failed = failed + excluded.failed,
+                                  first_ts = min(first_ts, excluded.first_ts);
+    END;
+    CREATE TRIGGER runs_recounted AFTER UPDATE OF started_at, success, agent_version ON runs
+    WHEN old.success IS NOT new.success OR old.agent_version IS NOT new.agent_version
+         OR CAST(old.started_at / 3600 AS INTEGER) != CAST(new.started_at / 3600 AS INTEGER)
+    BEGIN
+        UPDATE run_counts SET runs = runs - 1, failed = failed - (old.success = 0)
+        WHERE (grain, bucket, agent_id, agent_version) IN (
+            SELECT grain, CAST(old.started_at / grain AS INTEGER), old.agent_id, coalesce(old.agent_version, '')
+            FROM grains);
+        DELETE FROM run_counts WHERE runs = 0 AND (grain, bucket, agent_id, agent_version) IN (
+            SELECT grain, CAST(old.started_at / grain AS INTEGER), old.agent_id, coalesce(old.agent_version, '')
+            FROM grains);
+        INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
+        SELECT grain, CAST(new.started_at / grain AS INTEGER), new.agent_id, coalesce(new.agent_version, ''), 1,
+               new.success = 0, new.started_at FROM grains WHERE true
+        ON CONFLICT DO UPDATE SET runs = runs + 1, failed = failed + excluded.failed,
+                                  first_ts = min(first_ts, excluded.first_ts);
+    END;
+"""
+
 MIGRATIONS_BY_STEP: list[Migration] = [
     # 1: failures, their patterns and content-addressed blobs.
     Migration(sqlite="""
@@ -322,6 +350,53 @@ MIGRATIONS_BY_STEP: list[Migration] = [
     DROP INDEX failures_fp_session;  -- new (pattern, session) pairs are looked up by session instead,
     CREATE INDEX failures_fp_no_session ON failures(fingerprint) WHERE session_id IS NULL;  -- or among those without
     CREATE INDEX failures_fp_ts ON failures(fingerprint, ts);  -- a pattern's newest failures, as examples
+    """),
+    # 4: a SQLite file keeps each snapshot deflated, in blob_z (sha256, size, z); ``blobs`` is a
+    # view of it with the same columns as before, content inflated by ``hof_inflate``, a function
+    # the package registers on every connection it opens (sqlite.py), and it takes inserts and
+    # deletes as before. failures' REFERENCES follow the table to its new name. A view, not a
+    # generated column: SQLite computes a virtual column on every insert, and a Python function
+    # there would take the GIL back once per snapshot in the writer's one-statement batch.
+    # ``z`` is one byte naming the dictionary (0: none; else a row of blob_dicts, which the writer
+    # makes from the file's first snapshots), then raw deflate. PostgreSQL compresses large values
+    # itself (TOAST): no change there.
+    Migration(sqlite="""
+    CREATE TABLE blob_dicts (
+        id   INTEGER PRIMARY KEY,
+        dict BLOB NOT NULL
+    );
+    ALTER TABLE blobs RENAME TO blob_z;
+    ALTER TABLE blob_z ADD COLUMN z BLOB NOT NULL DEFAULT x'';
+    UPDATE blob_z SET z = hof_deflate(content);
+    ALTER TABLE blob_z DROP COLUMN content;
+    CREATE VIEW blobs (sha256, content, size) AS SELECT sha256, hof_inflate(z), size FROM blob_z;
+    CREATE TRIGGER blobs_inserted INSTEAD OF INSERT ON blobs BEGIN
+        INSERT OR IGNORE INTO blob_z (sha256, size, z) VALUES (new.sha256, new.size, hof_deflate(new.content));
+    END;
+    CREATE TRIGGER blobs_deleted INSTEAD OF DELETE ON blobs BEGIN
+        DELETE FROM blob_z WHERE sha256 = old.sha256;
+    END;
+    -- Runs: 5 per failure, about a third of the file. Rows kept in their primary key's b-tree
+    -- (no rowid, no second copy of (session_id, agent_id)), without runs_agent_started, which no
+    -- query reads (run_counts answers them); the triggers that keep run_counts are made again.
+    CREATE TABLE runs_by_session (
+        session_id    TEXT NOT NULL,
+        agent_id      TEXT NOT NULL DEFAULT '',
+        agent_version TEXT,
+        started_at    REAL NOT NULL,
+        ended_at      REAL NOT NULL,
+        success       INTEGER NOT NULL,
+        quality       TEXT,
+        failures      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (session_id, agent_id)
+    ) WITHOUT ROWID;
+    INSERT INTO runs_by_session SELECT session_id, agent_id, agent_version, started_at, ended_at, success, quality,
+                                       failures FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_by_session RENAME TO runs;
+    """ + _RUN_TRIGGERS,
+              postgresql="""
+    COMMENT ON TABLE blobs IS 'snapshots by sha256; PostgreSQL compresses content itself (TOAST)';
     """),
 ]
 

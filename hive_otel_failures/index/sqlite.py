@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,9 @@ from .schema import MIGRATIONS
 # keeps it writing. A session counts for a pattern on its first failure of that pattern in the
 # file (in the hour and day of that failure); the pattern shows its newest failure.
 _BATCH_SCHEMA = (
-    "CREATE TEMP TABLE IF NOT EXISTS batch_in (failures TEXT NOT NULL, blobs TEXT NOT NULL, runs TEXT NOT NULL)",
+    # blobs: [sha256, offset, length, size] of each snapshot's deflated bytes within zs (one BLOB).
+    "CREATE TEMP TABLE IF NOT EXISTS batch_in (failures TEXT NOT NULL, blobs TEXT NOT NULL, runs TEXT NOT NULL, "
+    "zs BLOB NOT NULL)",
     "CREATE TEMP TABLE IF NOT EXISTS batch_mark (stored_before INTEGER NOT NULL, added INTEGER)",
     # The failures this batch added: whether each is its session's first of its pattern, and what
     # the counters group by, so that nothing below reads the failures table twice.
@@ -38,8 +41,8 @@ _BATCH_SCHEMA = (
         DELETE FROM batch_mark;
         DELETE FROM batch_fresh;
         INSERT INTO batch_mark (stored_before) SELECT coalesce(max(rowid), 0) FROM failures;
-        INSERT OR IGNORE INTO blobs (sha256, content, size)
-            SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(new.blobs);
+        INSERT OR IGNORE INTO blob_z (sha256, size, z)
+            SELECT value ->> 0, value ->> 3, substr(new.zs, value ->> 1, value ->> 2) FROM json_each(new.blobs);
         INSERT INTO failures ({FAILURE_COLUMNS})
             SELECT {", ".join(f"value ->> {i}" for i in range(len(FAILURE_COLUMNS.split(","))))}
             FROM json_each(new.failures) WHERE true
@@ -93,18 +96,95 @@ _BATCH_SCHEMA = (
 )
 _json_rows = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
 
+# Snapshots are stored deflated (schema migration 4): z is one byte naming the dictionary, then
+# raw deflate. JSON text of 1-4 KB deflates to about 40% alone, and to 15-25% with a preset
+# dictionary of text like it; so the writer makes one per file from the first batch with enough
+# snapshot text (blob_dicts), and deflates each snapshot from a copy of a compressor primed with
+# it (priming costs more than deflating 1 KB; copying it does not).
+_LEVEL = 6
+_DICT_BYTES = 32 * 1024  # deflate's window: the dictionary's tail beyond it would not be seen
+_DICT_FROM = 16 * 1024  # snapshot text a batch needs for the file's dictionary to be made from it
+_RECENT = 4096  # deflated snapshots kept by sha256: an agent's graph snapshot recurs in every batch
 
-def _open_sqlite(target: str, busy_timeout: float) -> sqlite3.Connection:
+
+def deflate(text: str, level: int = _LEVEL) -> bytes:
+    """``hof_deflate``: a snapshot's z without a dictionary (migrations, inserts into the blobs view)."""
+    packer = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return b"\0" + packer.compress(text.encode("utf-8")) + packer.flush()
+
+
+class _Blobs:
+    """The deflating and inflating of one file's snapshots, with its dictionaries."""
+
+    def __init__(self, target: str) -> None:
+        self._target = target  # read again for a dictionary another process made after we opened
+        self.dicts: dict[int, bytes] = {}
+        self.dict_id = 0
+        self._packer = zlib.compressobj(_LEVEL, zlib.DEFLATED, -15)
+        self._head = b"\0"
+        self._recent: dict[str, bytes] = {}
+
+    def use(self, rows: Iterable[tuple[int, bytes]]) -> None:
+        """Know these dictionaries; deflate with the newest from now on."""
+        for dict_id, data in rows:
+            self.dicts[dict_id] = data
+        if self.dicts and max(self.dicts) != self.dict_id:
+            self.dict_id = max(self.dicts)
+            self._packer = zlib.compressobj(_LEVEL, zlib.DEFLATED, -15, 9, zdict=self.dicts[self.dict_id])
+            self._head = bytes((self.dict_id,))
+            self._recent.clear()
+
+    def deflate(self, sha: str, text: str) -> bytes:
+        recent = self._recent
+        z = recent.pop(sha, None)
+        if z is None:
+            packer = self._packer.copy()
+            z = self._head + packer.compress(text.encode("utf-8")) + packer.flush()
+            if len(recent) >= _RECENT:
+                del recent[next(iter(recent))]
+        recent[sha] = z  # newest last: the least recently used goes first
+        return z
+
+    def inflate(self, z: bytes | None) -> str | None:
+        """``hof_inflate``: the JSON text of a z."""
+        if z is None:
+            return None
+        if not z[0]:
+            return zlib.decompress(z[1:], -15).decode("utf-8")
+        zdict = self.dicts.get(z[0])
+        if zdict is None:
+            with sqlite3.connect(self._target, uri=self._target.startswith("file:")) as conn:
+                self.dicts.update(conn.execute("SELECT id, dict FROM blob_dicts"))
+            zdict = self.dicts[z[0]]
+        unpacker = zlib.decompressobj(-15, zdict=zdict)
+        return (unpacker.decompress(z[1:]) + unpacker.flush()).decode("utf-8")
+
+
+def register(conn: sqlite3.Connection, blobs: _Blobs | str) -> None:
+    """The functions the schema's blobs view and migrations call, on a connection to this file.
+
+    Any connection that reads ``blobs.content`` (or inserts into ``blobs``) needs them: pass it
+    and the file's path, e.g. ``register(sqlite3.connect(path), path)``.
+    """
+    blobs = _Blobs(blobs) if isinstance(blobs, str) else blobs
+    conn.create_function("hof_inflate", 1, blobs.inflate, deterministic=True)
+    conn.create_function("hof_deflate", 1, deflate, deterministic=True)
+
+
+def _open_sqlite(target: str, busy_timeout: float) -> tuple[sqlite3.Connection, _Blobs]:
     """A connection that has read the file once (SQLite opens lazily), or the error that stopped it."""
     conn = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None, check_same_thread=False,
                            uri=target.startswith("file:"))
+    blobs = _Blobs(target)
     try:
+        register(conn, blobs)
+        conn.execute("PRAGMA trusted_schema = ON")  # our functions in our schema (blobs.content), whatever the build
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         conn.execute("PRAGMA user_version").fetchone()
     except sqlite3.Error:
         conn.close()
         raise
-    return conn
+    return conn, blobs
 
 
 def _statements(script: str) -> Iterable[str]:
@@ -136,7 +216,7 @@ class SQLiteBackend(Backend):
         # checkpoint on close. Only resolve() writes through it.
         self._reader = not create
         try:
-            self._conn = self._connect(busy_timeout)
+            self._conn, self._blobs = self._connect(busy_timeout)
             if create:
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -144,10 +224,11 @@ class SQLiteBackend(Backend):
             # failure's blobs in the same transaction, before it, and nothing deletes blobs.
             # Enforcing them re-checked that guarantee at ~10% of the write cost.
             self.migrate(allowed=create)
+            self._blobs.use(self._conn.execute("SELECT id, dict FROM blob_dicts").fetchall())
         except sqlite3.DatabaseError as exc:
             raise FailureIndexError(f"{self.path} is not a usable failure index: {exc}") from exc
 
-    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+    def _connect(self, busy_timeout: float) -> tuple[sqlite3.Connection, _Blobs]:
         """Read-write; a reader that may not write here (a read-only directory) reads the file as it is."""
         targets = [str(self.path)]
         if self._reader:
@@ -211,17 +292,32 @@ class SQLiteBackend(Backend):
                 raise
 
     def add_batch(self, rows: WireRows, runs: list[tuple[Any, ...]]) -> int:
-        batch = (_json_rows(rows.failures), _json_rows(rows.blobs), _json_rows(runs))
         with self._lock:
             if not self._batch_ready:
                 self._conn.execute("PRAGMA temp_store = MEMORY")
                 for statement in _BATCH_SCHEMA:
                     self._conn.execute(statement)
                 self._batch_ready = True
+            codec = self._blobs
+            if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
+                self._make_dict(rows.blobs)
+            blobs, zs, at = [], [], 1
+            for sha, text, size in rows.blobs:
+                z = codec.deflate(sha, text)
+                blobs.append((sha, at, len(z), size))
+                zs.append(z)
+                at += len(z)
+            batch = (_json_rows(rows.failures), _json_rows(blobs), _json_rows(runs), b"".join(zs))
             # One statement, so its own transaction: it takes the write lock before it reads (the
             # busy timeout applies) and commits or rolls back whole.
-            self._conn.execute("INSERT INTO batch_in (failures, blobs, runs) VALUES (?, ?, ?)", batch)
+            self._conn.execute("INSERT INTO batch_in (failures, blobs, runs, zs) VALUES (?, ?, ?, ?)", batch)
             return self._conn.execute("SELECT added FROM batch_mark").fetchone()[0]
+
+    def _make_dict(self, blobs: list[tuple[str, str, int]]) -> None:
+        """The file's dictionary, from this batch's snapshots (or the one another writer made first)."""
+        sample = "".join(text for _, text, _ in blobs).encode("utf-8")[-_DICT_BYTES:]
+        self._conn.execute("INSERT OR IGNORE INTO blob_dicts (id, dict) VALUES (1, ?)", (sample,))
+        self._blobs.use(self._conn.execute("SELECT id, dict FROM blob_dicts").fetchall())
 
     def close(self) -> None:
         """Close; the writer checkpoints without waiting for readers (PASSIVE), readers never do."""
