@@ -128,6 +128,7 @@ def raw_executemany(db: Path, rows: dict[str, list[tuple]], n: int, batch: int) 
     """
     conn = sqlite3.connect(db, isolation_level=None)
     register(conn, str(db))  # the schema's functions (blobs.content); the rows come deflated
+    conn.execute("PRAGMA page_size = 8192")  # as the index makes a new file
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     for migration in MIGRATIONS:
