@@ -163,6 +163,35 @@ def _unreferenced_blobs(index: FailureIndex, since: str) -> str:
     return f"b.sha256 NOT IN ({refs})"
 
 
+# PostgreSQL checks each deleted blob against the failures' three foreign keys, and the snapshot
+# columns have no index: a seq scan of the failures per blob and key (86k blobs: hours). The sweep
+# builds these indexes in its transaction (a few seconds at 1M failures; writers wait, readers do
+# not) and drops them before it commits. A permanent partial index per column in the schema
+# would make them unnecessary.
+_SWEEP_INDEXES = (("prune_sweep_input_context", "input_context_sha"),
+                  ("prune_sweep_memory_snapshot", "memory_snapshot_sha"),
+                  ("prune_sweep_graph_snapshot", "graph_snapshot_sha"))
+
+
+@contextmanager
+def _hash_joins(index: FailureIndex, conn: Any) -> Iterator[None]:
+    """On PostgreSQL, the blob sweep's anti-joins hashed, whatever the statistics say.
+
+    Right after an import (autovacuum has not analysed yet) the planner took them for small and
+    looped: 100k failures took minutes. One scan of the failures per snapshot column it must be.
+    """
+    if index.backend != "postgresql":
+        yield
+        return
+    conn.execute("SET enable_nestloop = off")
+    conn.execute("SET work_mem = '64MB'")
+    try:
+        yield
+    finally:
+        conn.execute("RESET enable_nestloop")
+        conn.execute("RESET work_mem")
+
+
 @_database_errors
 def prune(index: FailureIndex, older_than: datetime | timedelta | str, *, dry_run: bool = False) -> PruneReport:
     """Delete failures older than ``older_than`` (``"90d"``, a timedelta, or a time), their orphaned snapshots,
@@ -178,7 +207,7 @@ def prune(index: FailureIndex, older_than: datetime | timedelta | str, *, dry_ru
     cut = _cut(older_than)
     t = _ts(cut)
     db = index._db
-    with db.session():
+    with db.session() as conn, _hash_joins(index, conn):
         (failures_removed, failures_total) = db.fetchone(
             "SELECT count(*) FILTER (WHERE ts < ?), count(*) FROM failures", (t,))
         (runs_removed, runs_total) = db.fetchone(
@@ -192,17 +221,20 @@ def prune(index: FailureIndex, older_than: datetime | timedelta | str, *, dry_ru
             "(SELECT 1 FROM failures f WHERE f.fingerprint = p.fingerprint AND f.ts >= ?)", (t,))
         (resolutions,) = db.fetchone("SELECT count(*) FROM resolutions")
         if not dry_run and (failures_removed or runs_removed or blobs_removed):
-            statements: list[tuple[str, Sequence[Any]]] = []
+            sweep = (f"DELETE FROM blobs WHERE sha256 IN (SELECT b.sha256 FROM blobs b "
+                     f"WHERE {_unreferenced_blobs(index, 'TRUE')})", ())
+            statements: list[tuple[str, Sequence[Any]]] = [("DELETE FROM failures WHERE ts < ?", (t,))]
             if index.backend == "postgresql":
                 from .postgres import _WRITER_LOCK
 
-                statements.append(("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK,)))
-            statements += [
-                ("DELETE FROM failures WHERE ts < ?", (t,)),
-                (f"DELETE FROM blobs WHERE sha256 IN (SELECT b.sha256 FROM blobs b "
-                 f"WHERE {_unreferenced_blobs(index, 'TRUE')})", ()),
-                ("DELETE FROM runs WHERE ended_at < ?", (t,)),
-            ]
+                statements.insert(0, ("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK,)))
+                statements += [(f"CREATE INDEX {name} ON failures ({column}) WHERE {column} IS NOT NULL", ())
+                               for name, column in _SWEEP_INDEXES]
+                statements.append(sweep)
+                statements += [(f"DROP INDEX {name}", ()) for name, _ in _SWEEP_INDEXES]
+            else:
+                statements.append(sweep)
+            statements.append(("DELETE FROM runs WHERE ended_at < ?", (t,)))
             db.transaction(statements)
     return PruneReport(cut=cut, dry_run=dry_run, failures_removed=failures_removed, blobs_removed=blobs_removed,
                        blob_bytes_removed=blob_bytes, runs_removed=runs_removed,
