@@ -637,6 +637,9 @@ def import_index(source: Annotated[str, typer.Argument(
 
     from ..index import import_jsonl
 
+    if source == "-" and sys.stdin.isatty():
+        _fail("import reads an export from a file or a pipe: hive-failures import FILE, or ... | hive-failures "
+              "import -", EXIT_BAD_INPUT, as_json)
     try:
         if source == "-":
             stream = sys.stdin
