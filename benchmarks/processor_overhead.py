@@ -27,7 +27,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 import hive_otel_failures as hof
 from hive_otel_failures.index.schema import MIGRATIONS
-from hive_otel_failures.index.sqlite import register
+try:
+    from hive_otel_failures.index.sqlite import register
+except ImportError:  # a package from before schema 4 (a baseline measured beside this one)
+    def register(conn: sqlite3.Connection, target: str) -> None:
+        return None
 from hive_otel_failures.record import prepare
 
 

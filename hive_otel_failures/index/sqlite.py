@@ -131,7 +131,7 @@ class _Blobs:
             self.dicts[dict_id] = data
         if self.dicts and max(self.dicts) != self.dict_id:
             self.dict_id = max(self.dicts)
-            self._packer = zlib.compressobj(_LEVEL, zlib.DEFLATED, -15, 9, zdict=self.dicts[self.dict_id])
+            self._packer = zlib.compressobj(_LEVEL, zlib.DEFLATED, -15, 8, zdict=self.dicts[self.dict_id])
             self._head = bytes((self.dict_id,))
             self._recent.clear()
 
