@@ -563,7 +563,7 @@ def prune(older_than: Annotated[str, typer.Option(
         return _emit_json(report)
     verb = "would remove" if report.dry_run else "removed"
     _out().print(f"{verb} {_n(report.failures_removed, 'failure')}, {_n(report.blobs_removed, 'snapshot')} "
-                 f"({_size(report.blob_bytes_removed)}), {_n(report.runs_removed, 'run')} from before "
+                 f"({_size(report.blob_bytes_removed)} of content), {_n(report.runs_removed, 'run')} from before "
                  f"{report.cut.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC")
     _out().print(f"kept {_n(report.failures_kept, 'failure')}, {_n(report.runs_kept, 'run')}, "
                  f"{_n(report.patterns_kept, 'pattern')} with their counters "

@@ -97,7 +97,7 @@ class PruneReport(BaseModel):
     dry_run: bool
     failures_removed: int
     blobs_removed: int  # snapshots no remaining failure refers to
-    blob_bytes_removed: int
+    blob_bytes_removed: int  # their content's size, as given to the index (a SQLite file stores it deflated)
     runs_removed: int
     failures_kept: int
     runs_kept: int
