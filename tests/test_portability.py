@@ -141,6 +141,8 @@ def test_prune_removes_old_rows_and_keeps_every_answer(db_location: str) -> None
         assert remaining == 0  # no failure lost its snapshot
         again = prune(index, "90d")
         assert (again.failures_removed, again.blobs_removed, again.runs_removed) == (0, 0, 0)
+        if index.backend == "postgresql":  # the sweep's indexes for the foreign keys' checks are gone with it
+            assert index._db.fetchall("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'prune%'") == []
 
 
 def test_readers_of_a_pattern_whose_failures_are_all_pruned(db_location: str) -> None:
