@@ -701,6 +701,8 @@ def import_jsonl(index: FailureIndex, lines: Iterable[str], *, batch_size: int =
                 importer.add(kind, _pattern_line(obj))
             else:
                 importer.add(kind, _run_counts_line(obj))
+        except FailureIndexError as exc:  # the index refused a batch read so far
+            raise FailureIndexError(f"the batch that ends at line {number}: {exc}") from None
         except ValidationError as exc:
             raise FailureIndexError(f"line {number}: not a valid {kind} line: "
                                     f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
@@ -711,7 +713,7 @@ def import_jsonl(index: FailureIndex, lines: Iterable[str], *, batch_size: int =
     try:
         importer.flush()
     except FailureIndexError as exc:
-        raise FailureIndexError(f"at line {number}: {exc}") from None
+        raise FailureIndexError(f"the batch that ends at line {number}: {exc}") from None
     return importer.report
 
 
