@@ -199,6 +199,22 @@ def test_sqlite_snapshots_are_deflated_and_read_back_through_the_blobs_view(db_p
     conn.close()
 
 
+def test_the_writers_deflate_without_the_gil_gives_what_pythons_zlib_gives() -> None:
+    """The ctypes path (which keeps the GIL) and Python's zlib write the same bytes, with a dictionary or not."""
+    import zlib
+
+    from hive_otel_failures.index import sqlite as backend
+
+    zdict = json.dumps({"refund": "order " * 500}).encode()
+    texts = [json.dumps({"row": i, "text": "refund order " * i}).encode() for i in (0, 1, 50, 3000)]
+    texts.append(os.urandom(70_000))  # incompressible: deflate's worst case fits the buffer
+    for level, d in ((3, zdict), (6, None)):
+        deflater = backend._Deflater(level, d)
+        for text in texts:
+            packer = zlib.compressobj(level, zlib.DEFLATED, -15, 8, **({"zdict": d} if d else {}))
+            assert deflater(text) == packer.compress(text) + packer.flush()
+
+
 def test_sqlite_snapshots_of_an_older_file_are_deflated_by_the_migration(db_path: Path) -> None:
     with raw(str(db_path)) as old:
         old.migrate_to(3)
