@@ -20,7 +20,7 @@ class Migration(NamedTuple):
     postgresql: str
 
 
-# SQLite's triggers that keep run_counts (as migration 3 made them), made again where runs is rebuilt.
+# SQLite's triggers that keep run_counts: made by migration 3, again where migration 4 rebuilds runs.
 _RUN_TRIGGERS = """
     CREATE TRIGGER runs_counted AFTER INSERT ON runs BEGIN
         INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
@@ -227,31 +227,7 @@ MIGRATIONS_BY_STEP: list[Migration] = [
         PRIMARY KEY (grain, bucket, agent_id, agent_version)
     ) WITHOUT ROWID;
     CREATE TABLE grains (grain INTEGER PRIMARY KEY);
-    INSERT INTO grains VALUES (86400), (3600);
-    CREATE TRIGGER runs_counted AFTER INSERT ON runs BEGIN
-        INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
-        SELECT grain, CAST(new.started_at / grain AS INTEGER), new.agent_id, coalesce(new.agent_version, ''), 1,
-               new.success = 0, new.started_at FROM grains WHERE true
-        ON CONFLICT DO UPDATE SET runs = runs + 1, failed = failed + excluded.failed,
-                                  first_ts = min(first_ts, excluded.first_ts);
-    END;
-    CREATE TRIGGER runs_recounted AFTER UPDATE OF started_at, success, agent_version ON runs
-    WHEN old.success IS NOT new.success OR old.agent_version IS NOT new.agent_version
-         OR CAST(old.started_at / 3600 AS INTEGER) != CAST(new.started_at / 3600 AS INTEGER)
-    BEGIN
-        UPDATE run_counts SET runs = runs - 1, failed = failed - (old.success = 0)
-        WHERE (grain, bucket, agent_id, agent_version) IN (
-            SELECT grain, CAST(old.started_at / grain AS INTEGER), old.agent_id, coalesce(old.agent_version, '')
-            FROM grains);
-        DELETE FROM run_counts WHERE runs = 0 AND (grain, bucket, agent_id, agent_version) IN (
-            SELECT grain, CAST(old.started_at / grain AS INTEGER), old.agent_id, coalesce(old.agent_version, '')
-            FROM grains);
-        INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
-        SELECT grain, CAST(new.started_at / grain AS INTEGER), new.agent_id, coalesce(new.agent_version, ''), 1,
-               new.success = 0, new.started_at FROM grains WHERE true
-        ON CONFLICT DO UPDATE SET runs = runs + 1, failed = failed + excluded.failed,
-                                  first_ts = min(first_ts, excluded.first_ts);
-    END;
+    INSERT INTO grains VALUES (86400), (3600);""" + _RUN_TRIGGERS + """\
     INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
     SELECT grain, CAST(started_at / grain AS INTEGER), agent_id, coalesce(agent_version, ''), COUNT(*),
            SUM(success = 0), MIN(started_at)
