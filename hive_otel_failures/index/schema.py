@@ -341,10 +341,15 @@ MIGRATIONS_BY_STEP: list[Migration] = [
         id   INTEGER PRIMARY KEY,
         dict BLOB NOT NULL
     );
-    ALTER TABLE blobs RENAME TO blob_z;
-    ALTER TABLE blob_z ADD COLUMN z BLOB NOT NULL DEFAULT x'';
-    UPDATE blob_z SET z = hof_deflate(content);
-    ALTER TABLE blob_z DROP COLUMN content;
+    ALTER TABLE blobs RENAME TO blob_z;  -- failures' REFERENCES follow it; then a new table takes the name
+    CREATE TABLE blob_z_new (
+        sha256 TEXT PRIMARY KEY,
+        size   INTEGER NOT NULL,
+        z      BLOB NOT NULL
+    );
+    INSERT INTO blob_z_new (sha256, size, z) SELECT sha256, size, hof_deflate(content) FROM blob_z ORDER BY rowid;
+    DROP TABLE blob_z;  -- rows rewritten in place would leave their pages three-quarters empty
+    ALTER TABLE blob_z_new RENAME TO blob_z;
     CREATE VIEW blobs (sha256, content, size) AS SELECT sha256, hof_inflate(z), size FROM blob_z;
     CREATE TRIGGER blobs_inserted INSTEAD OF INSERT ON blobs BEGIN
         INSERT OR IGNORE INTO blob_z (sha256, size, z) VALUES (new.sha256, new.size, hof_deflate(new.content));
