@@ -20,6 +20,19 @@ class Migration(NamedTuple):
     postgresql: str
 
 
+# SQLite's runs table: made by migration 2, again (without rowid) by migration 4.
+_RUN_COLUMNS = """
+        session_id    TEXT NOT NULL,
+        agent_id      TEXT NOT NULL DEFAULT '',
+        agent_version TEXT,
+        started_at    REAL NOT NULL,
+        ended_at      REAL NOT NULL,
+        success       INTEGER NOT NULL,
+        quality       TEXT,
+        failures      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (session_id, agent_id)
+"""
+
 # SQLite's triggers that keep run_counts: made by migration 3, again where migration 4 rebuilds runs.
 _RUN_TRIGGERS = """
     CREATE TRIGGER runs_counted AFTER INSERT ON runs BEGIN
@@ -153,17 +166,7 @@ MIGRATIONS_BY_STEP: list[Migration] = [
     """),
     # 2: run outcomes (rates) and the history of what was done about each pattern.
     Migration(sqlite="""
-    CREATE TABLE runs (
-        session_id    TEXT NOT NULL,
-        agent_id      TEXT NOT NULL DEFAULT '',
-        agent_version TEXT,
-        started_at    REAL NOT NULL,
-        ended_at      REAL NOT NULL,
-        success       INTEGER NOT NULL,
-        quality       TEXT,
-        failures      INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (session_id, agent_id)
-    );
+    CREATE TABLE runs (""" + _RUN_COLUMNS + """    );
     CREATE INDEX runs_agent_started ON runs(agent_id, started_at);
     CREATE TABLE resolutions (
         id                  INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -360,17 +363,7 @@ MIGRATIONS_BY_STEP: list[Migration] = [
     -- Runs: 5 per failure, about a third of the file. Rows kept in their primary key's b-tree
     -- (no rowid, no second copy of (session_id, agent_id)), without runs_agent_started, which no
     -- query reads (run_counts answers them); the triggers that keep run_counts are made again.
-    CREATE TABLE runs_by_session (
-        session_id    TEXT NOT NULL,
-        agent_id      TEXT NOT NULL DEFAULT '',
-        agent_version TEXT,
-        started_at    REAL NOT NULL,
-        ended_at      REAL NOT NULL,
-        success       INTEGER NOT NULL,
-        quality       TEXT,
-        failures      INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (session_id, agent_id)
-    ) WITHOUT ROWID;
+    CREATE TABLE runs_by_session (""" + _RUN_COLUMNS + """    ) WITHOUT ROWID;
     INSERT INTO runs_by_session SELECT session_id, agent_id, agent_version, started_at, ended_at, success, quality,
                                        failures FROM runs;
     DROP TABLE runs;
