@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 import hive_otel_failures as hof
-from hive_otel_failures.index import (ExportReport, FailureIndexError, ImportReport, PruneReport, export_jsonl,
-                                      import_jsonl, prune)
+from hive_otel_failures.index import (ExportReport, FailureIndexError, ImportReport, PruneReport)
 
 NOW = datetime.now(timezone.utc).replace(minute=30)  # mid-hour: a test's failures never straddle an hour
 OLD = NOW - timedelta(days=120)
@@ -103,7 +102,7 @@ def answers(index: hof.FailureIndex, *, examples: bool = True) -> dict[str, Any]
 
 def export_text(index: hof.FailureIndex) -> str:
     out = io.StringIO()
-    export_jsonl(index, out)
+    index.export_jsonl(out)
     return out.getvalue()
 
 
@@ -120,10 +119,10 @@ def test_prune_removes_old_rows_and_keeps_every_answer(db_location: str) -> None
         populate(index)
         before = answers(index, examples=False)
         blobs_before = len(before["blobs"])
-        dry = prune(index, "90d", dry_run=True)
+        dry = index.prune("90d", dry_run=True)
         assert isinstance(dry, PruneReport) and dry.dry_run
         assert answers(index, examples=False) == before  # a dry run changes nothing
-        report = prune(index, "90d")
+        report = index.prune("90d")
         assert (report.failures_removed, report.runs_removed) == (14, 30)
         assert (report.failures_kept, report.runs_kept, report.patterns_kept, report.resolutions_kept) == (17, 40, 3, 2)
         assert report.patterns_without_failures == 1  # the KeyError pattern: counted, no failure left
@@ -139,7 +138,7 @@ def test_prune_removes_old_rows_and_keeps_every_answer(db_location: str) -> None
         (remaining,) = index._db.fetchone("SELECT count(*) FROM failures f WHERE NOT EXISTS "
                                           "(SELECT 1 FROM blobs b WHERE b.sha256 = f.graph_snapshot_sha)")
         assert remaining == 0  # no failure lost its snapshot
-        again = prune(index, "90d")
+        again = index.prune("90d")
         assert (again.failures_removed, again.blobs_removed, again.runs_removed) == (0, 0, 0)
         if index.backend == "postgresql":  # the sweep's indexes for the foreign keys' checks are gone with it
             assert index._db.fetchall("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'prune%'") == []
@@ -148,7 +147,7 @@ def test_prune_removes_old_rows_and_keeps_every_answer(db_location: str) -> None
 def test_readers_of_a_pattern_whose_failures_are_all_pruned(db_location: str) -> None:
     with hof.open_index(db_location) as index:
         populate(index)
-        prune(index, "90d")
+        index.prune("90d")
         (bare,) = [p for p in index.patterns() if p.node_id == "render"]
         assert (bare.count, bare.sessions) == (4, 4)
         diagnosis = index.diagnose(bare.fingerprint)
@@ -163,8 +162,8 @@ def test_prune_refuses_what_it_cannot_read(db_location: str) -> None:
     with hof.open_index(db_location) as index:
         for bad in ("soon", "", (datetime.now(timezone.utc) + timedelta(days=1)).isoformat(), timedelta(days=-1)):
             with pytest.raises(FailureIndexError):
-                prune(index, bad)
-        assert prune(index, timedelta(days=1)).failures_removed == 0
+                index.prune(bad)
+        assert index.prune(timedelta(days=1)).failures_removed == 0
 
 
 # --- export / import ------------------------------------------------------------------------------------
@@ -175,7 +174,7 @@ def test_export_import_gives_the_same_answers_and_twice_changes_nothing(
     with hof.open_index(source_location) as source:
         populate(source)
         if pruned:
-            prune(source, "90d")
+            source.prune("90d")
         expected = answers(source)
         text = export_text(source)
     lines = body(text)
@@ -183,13 +182,13 @@ def test_export_import_gives_the_same_answers_and_twice_changes_nothing(
         "failure", "run", "resolution", "pattern", "run_counts"].index)
     assert any("pruned" in line for line in lines if line["type"] == "pattern") == pruned
     with hof.open_index(target_location) as target:
-        first = import_jsonl(target, io.StringIO(text), batch_size=5)  # many batches
+        first = target.import_jsonl(io.StringIO(text), batch_size=5)  # many batches
         assert isinstance(first, ImportReport)
         assert (first.failures_added, first.runs_added, first.resolutions_added) == \
                (len(expected["records"]), len(expected["runs"]), 2)
         assert first.patterns_copied == 3 and first.agents_copied == 1
         assert answers(target) == expected
-        second = import_jsonl(target, text.splitlines(keepends=True))
+        second = target.import_jsonl(text.splitlines(keepends=True))
         assert (second.failures_added, second.runs_added, second.resolutions_added, second.patterns_copied,
                 second.patterns_merged, second.agents_copied, second.agents_merged) == (0, 0, 0, 0, 0, 0, 0)
         assert (second.failures_skipped, second.runs_skipped, second.resolutions_skipped) == \
@@ -205,17 +204,17 @@ def test_sqlite_to_postgresql_to_sqlite(tmp_path: Path, postgres_server: Any, pr
         with hof.open_index(tmp_path / "laptop.db") as laptop:
             populate(laptop)
             if pruned:
-                prune(laptop, "90d")
+                laptop.prune("90d")
             expected = answers(laptop)
             text = export_text(laptop)
         with hof.open_index(url) as central:
             assert central.backend == "postgresql"
-            import_jsonl(central, io.StringIO(text))
+            central.import_jsonl(io.StringIO(text))
             assert answers(central) == expected
             back = export_text(central)
         assert body(back) == body(text)
         with hof.open_index(tmp_path / "again.db") as again:
-            import_jsonl(again, io.StringIO(back))
+            again.import_jsonl(io.StringIO(back))
             assert answers(again) == expected
     finally:
         postgres_server.drop(url)
@@ -226,7 +225,7 @@ def test_merge_into_an_index_with_its_own_failures(new_location: Callable[[], st
     laptop_location, central_location = new_location(), new_location()
     with hof.open_index(laptop_location) as laptop:
         populate(laptop)
-        prune(laptop, "90d")
+        laptop.prune("90d")
         laptop_patterns = {p.fingerprint: p for p in laptop.patterns()}
         laptop_runs = laptop.stats().runs
         text = export_text(laptop)
@@ -236,7 +235,7 @@ def test_merge_into_an_index_with_its_own_failures(new_location: Callable[[], st
         (shared,) = central.patterns()
         assert shared.fingerprint in laptop_patterns  # the same pattern, seen on another host
         central.resolve(shared.fingerprint, "a fix made later, on the central index")
-        report = import_jsonl(central, io.StringIO(text))
+        report = central.import_jsonl(io.StringIO(text))
         assert (report.patterns_merged, report.patterns_copied, report.agents_merged) == (1, 2, 1)
         merged = {p.fingerprint: p for p in central.patterns()}
         lp = laptop_patterns[shared.fingerprint]
@@ -250,7 +249,7 @@ def test_merge_into_an_index_with_its_own_failures(new_location: Callable[[], st
             if fp != shared.fingerprint:
                 assert (merged[fp].count, merged[fp].sessions) == (p.count, p.sessions)
         settled = answers(central)
-        again = import_jsonl(central, io.StringIO(text))
+        again = central.import_jsonl(io.StringIO(text))
         assert (again.failures_added, again.patterns_merged, again.agents_merged,
                 again.resolutions_added) == (0, 0, 0, 0)
         assert answers(central) == settled
@@ -266,7 +265,7 @@ def test_import_streams_in_batches(db_location: str, monkeypatch: pytest.MonkeyP
         add_prepared = type(index).add_prepared
         monkeypatch.setattr(type(index), "add_prepared",
                             lambda self, failures, runs=(): sizes.append(len(failures)) or add_prepared(self, failures))
-        report = import_jsonl(index, iter(lines), batch_size=10)
+        report = index.import_jsonl(iter(lines), batch_size=10)
         assert sizes == [10, 10, 5] and report.failures_added == 25
         assert index.patterns()[0].sessions == 25
 
@@ -288,14 +287,14 @@ def test_import_streams_in_batches(db_location: str, monkeypatch: pytest.MonkeyP
 def test_import_refuses_bad_input_naming_the_line(db_location: str, lines: list[str], message: str) -> None:
     with hof.open_index(db_location) as index:
         with pytest.raises(FailureIndexError, match=message):
-            import_jsonl(index, lines)
+            index.import_jsonl(lines)
         assert index.patterns() == [] and index.stats().runs == 0
 
 
 def test_export_of_an_empty_index_is_its_meta_line(db_location: str) -> None:
     with hof.open_index(db_location) as index:
         out = io.StringIO()
-        report = export_jsonl(index, out)
+        report = index.export_jsonl(out)
     assert report == ExportReport()
     (meta,) = [json.loads(line) for line in out.getvalue().splitlines()]
     assert meta["type"] == "meta" and meta["format"] == "hive-failures-export" and meta["schema_version"] >= 3

@@ -555,10 +555,8 @@ def prune(older_than: Annotated[str, typer.Option(
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; delete nothing.")] = False
           ) -> None:
     """Delete old failures, their unused snapshots and old runs; patterns, counters, rates and fixes stay."""
-    from ..index import prune as prune_index
-
     with _index(db, as_json) as index:
-        report = prune_index(index, older_than, dry_run=dry_run)
+        report = index.prune(older_than, dry_run=dry_run)
     if as_json:
         return _emit_json(report)
     verb = "would remove" if report.dry_run else "removed"
@@ -587,14 +585,13 @@ def export_index(output: Annotated[str, typer.Argument(
     import os
     import sys
 
-    from ..index import export_jsonl
 
     to_stdout = output == "-"
     part = f"{output}.part"
     with _index(db, as_json) as index:
         try:
             if to_stdout:
-                report = export_jsonl(index, sys.stdout)
+                report = index.export_jsonl(sys.stdout)
                 sys.stdout.flush()
             else:  # written aside and renamed: never half a file under the name asked for
                 if _gzipped(output):
@@ -605,7 +602,7 @@ def export_index(output: Annotated[str, typer.Argument(
                     stream = open(part, "w", encoding="utf-8")  # noqa: SIM115
                 try:
                     with stream:
-                        report = export_jsonl(index, stream)
+                        report = index.export_jsonl(stream)
                     os.replace(part, output)
                 except BaseException:
                     if os.path.exists(part):
@@ -635,7 +632,6 @@ def import_index(source: Annotated[str, typer.Argument(
     """Read an export into the index (made if missing); what it holds already is skipped, so twice is once."""
     import sys
 
-    from ..index import import_jsonl
 
     if source == "-" and sys.stdin.isatty():
         _fail("import reads an export from a file or a pipe: hive-failures import FILE, or ... | hive-failures "
@@ -654,7 +650,7 @@ def import_index(source: Annotated[str, typer.Argument(
     with _index(db, as_json, create=True) as index:
         try:
             with stream:
-                report = import_jsonl(index, stream, batch_size=batch_size)
+                report = index.import_jsonl(stream, batch_size=batch_size)
         except (OSError, UnicodeDecodeError, EOFError) as exc:
             _fail(f"cannot read {source}: {exc}", EXIT_BAD_INPUT, as_json)
     if as_json:

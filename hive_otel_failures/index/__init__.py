@@ -13,7 +13,7 @@ from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern,
                      RunRate, Stats, VersionStats)
 from .backend import is_server, redact
 from .store import FailureIndex, FailureIndexError, parse_since
-from .portability import ExportReport, ImportReport, PruneReport, export_jsonl, import_jsonl, prune
+from .portability import ExportReport, ImportReport, PruneReport
 
 
 def default_location() -> str:
@@ -57,5 +57,5 @@ def open_index(url_or_path: str | os.PathLike[str] | None = None, *, create: boo
 
 __all__ = ["FIX_MIN_RUNS", "MIN_DIAGNOSIS_CHARS", "Advice", "Diagnosis", "Evidence", "ExportReport", "FailureIndex",
            "FailureIndexError", "FixEffect", "ImportReport", "NodeStats", "Pattern", "PruneReport", "Resolution",
-           "ResolutionEffect", "RunRate", "Stats", "VersionStats", "default_location", "export_jsonl", "import_jsonl",
-           "index_path", "is_server", "open_index", "parse_since", "prune"]
+           "ResolutionEffect", "RunRate", "Stats", "VersionStats", "default_location",
+           "index_path", "is_server", "open_index", "parse_since"]

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from .. import semconv
 from ..fingerprint import with_version
@@ -27,6 +27,9 @@ from .diagnosis import MIN_DIAGNOSIS_CHARS, Definitions, build_diagnosis
 from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern, Resolution, ResolutionEffect, RunRate,
                      Stats, VersionStats)
 from .backend import FAILURE_COLUMNS, Backend, FailureIndexError, _ts, is_server, wire_rows
+
+if TYPE_CHECKING:  # portability imports this module
+    from .portability import ExportReport, ImportReport, PruneReport
 
 
 _T = TypeVar("_T")
@@ -184,6 +187,27 @@ class FailureIndex:
         if len(rows) != 1:
             raise FailureIndexError(f"no single pattern matches {fingerprint!r}")
         return rows[0][0]
+
+    # --- retention and portability (portability.py) ----------------------------------------
+    def prune(self, older_than: datetime | timedelta | str, *, dry_run: bool = False) -> PruneReport:
+        """Delete failures older than ``older_than`` ("90d", a timedelta or a time), the snapshots no failure
+        uses any more and runs that ended before it; patterns, counters and resolutions stay, so every
+        answer stays the same."""
+        from .portability import prune
+
+        return prune(self, older_than, dry_run=dry_run)
+
+    def export_jsonl(self, out: IO[str]) -> ExportReport:
+        """The whole index as JSON lines, from one snapshot of it (see portability.py for the format)."""
+        from .portability import export_jsonl
+
+        return export_jsonl(self, out)
+
+    def import_jsonl(self, lines: Iterable[str], *, batch_size: int = 1000) -> ImportReport:
+        """Read an export into this index; what it holds already is skipped, so importing twice is once."""
+        from .portability import import_jsonl
+
+        return import_jsonl(self, lines, batch_size=batch_size)
 
     # --- reading --------------------------------------------------------------------------
     @_reading
