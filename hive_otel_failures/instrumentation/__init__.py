@@ -8,7 +8,10 @@ The only module that imports ``framework.*``. Hooks, all undone by ``uninstrumen
 - ``Worker.run``                      -> ``invoke_agent`` span for a colony worker, run outcome
 - ``AgentLoop.execute``               -> ``invoke_agent`` span (Queen, workers, event-loop nodes)
 - ``AgentLoop._execute_tool``         -> ``execute_tool`` span; ``_judge_turn`` -> full judge text
-- ``EventBus.publish``                -> degradation signals as span events (every bus, once)
+  and a ``gen_ai.evaluation.result`` event for each RETRY / ESCALATE verdict
+- ``EventBus.emit_node_stalled`` and the other emitters of degradation signals (doom loop,
+  escalation, stream inactivity, retries) -> span events and the unit's signals. Only those
+  emitters: the dozen other events of a run pass through Hive untouched
 - ``DecisionTracker.start_run``       -> Hive's log trace_id := the OTel trace id
 
 When a node, a graph run, a colony worker or an outermost agent loop ends, the Goal's
@@ -22,19 +25,19 @@ Wrappers only build records and add span events; the index processor does all I/
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import inspect
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from time import monotonic, time_ns
 from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
-from wrapt import wrap_function_wrapper
 
 from .. import conditions, semconv
 from ..conditions import ConditionSet, Step, Violation
@@ -57,28 +60,46 @@ _HOOKS: tuple[tuple[str, str, str], ...] = (
     ("framework.agent_loop.agent_loop", "AgentLoop", "execute"),
     ("framework.agent_loop.agent_loop", "AgentLoop", "_execute_tool"),
     ("framework.agent_loop.agent_loop", "AgentLoop", "_judge_turn"),
-    ("framework.host.event_bus", "EventBus", "publish"),
+    ("framework.host.event_bus", "EventBus", "emit_node_stalled"),
+    ("framework.host.event_bus", "EventBus", "emit_tool_doom_loop"),
+    ("framework.host.event_bus", "EventBus", "emit_escalation_requested"),
+    ("framework.host.event_bus", "EventBus", "emit_stream_inactive"),
+    ("framework.host.event_bus", "EventBus", "emit_stream_ttft_exceeded"),
+    ("framework.host.event_bus", "EventBus", "emit_node_retry"),
     ("framework.tracker.decision_tracker", "DecisionTracker", "start_run"),
     ("framework.host.stream_runtime", "StreamDecisionTracker", "start_run"),
 )
 _FAILED_WORKER_STATUSES = {"failed": FailureKind.WORKER_FAILED, "timeout": FailureKind.TIMEOUT}
 _LIMITS = Limits.from_env()
-_OBSERVED = frozenset({"judge_verdict", "subagent_report", "node_stalled", "node_tool_doom_loop",
-                       "escalation_requested", "stream_inactive", "stream_ttft_exceeded", "node_retry"})
-_SIGNAL_EVENTS = {  # EventType value -> (span event name, FailureKind signal or None, data key)
-    "node_stalled": (semconv.EVENT_STALLED, FailureKind.STALLED, "reason"),
-    "node_tool_doom_loop": (semconv.EVENT_DOOM_LOOP, FailureKind.DOOM_LOOP, "description"),
-    "escalation_requested": (semconv.EVENT_ESCALATION, FailureKind.ESCALATED, "reason"),
-    "stream_inactive": (semconv.EVENT_STREAM_INACTIVE, None, "reason"),
-    "stream_ttft_exceeded": (semconv.EVENT_STREAM_INACTIVE, None, "reason"),
-    "node_retry": (semconv.EVENT_RETRY, None, "error"),
+# EventBus emitter -> (span event name, FailureKind signal or None, the argument that says why)
+_SIGNAL_EMITTERS = {
+    "emit_node_stalled": (semconv.EVENT_STALLED, FailureKind.STALLED, "reason"),
+    "emit_tool_doom_loop": (semconv.EVENT_DOOM_LOOP, FailureKind.DOOM_LOOP, "description"),
+    "emit_escalation_requested": (semconv.EVENT_ESCALATION, FailureKind.ESCALATED, "reason"),
+    "emit_stream_inactive": (semconv.EVENT_STREAM_INACTIVE, None, "reason"),
+    "emit_stream_ttft_exceeded": (semconv.EVENT_STREAM_INACTIVE, None, "reason"),
+    "emit_node_retry": (semconv.EVENT_RETRY, None, "error"),
 }
+
+
+_slipped: set[str] = set()
+
+
+def _slip(what: str, exc: Exception) -> None:
+    """A bug in our own bookkeeping: Hive continues; each kind is logged once.
+
+    Hot paths catch with a plain ``try`` (free in Python 3.11 until something raises) and
+    call this; the cold ones use ``with _guard(what)``.
+    """
+    if what not in _slipped:
+        _slipped.add(what)
+        _log.warning("hive-failures: instrumentation slip in %s (Hive continues)", what, exc_info=exc)
 
 
 class _guard:  # noqa: N801 - used like a function: ``with _guard("what"):``
     """Run our own bookkeeping without ever raising into Hive; log each kind of slip once."""
 
-    _seen: set[str] = set()
+    __slots__ = ("what",)
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -88,9 +109,7 @@ class _guard:  # noqa: N801 - used like a function: ``with _guard("what"):``
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         if isinstance(exc, Exception):
-            if self.what not in self._seen:
-                self._seen.add(self.what)
-                _log.warning("hive-failures: instrumentation slip in %s (Hive continues)", self.what, exc_info=exc)
+            _slip(self.what, exc)
             return True
         return False
 
@@ -109,24 +128,37 @@ class _Active:
         self._context_token = self._unit_token = self._log_token = None
 
     def __enter__(self) -> Span:
-        self._context_token = context.attach(trace.set_span_in_context(self.span))
+        span = self.span
+        self._context_token = context.attach(trace.set_span_in_context(span))
         if self.unit is not None:
             self._unit_token = current_unit.set(self.unit)
-        if self.log_context is not None:
-            ctx = self.span.get_span_context()
+        log_context = self.log_context
+        if log_context is not None:
+            ctx = span.get_span_context()
             if ctx.is_valid:
-                self._log_token = self.log_context.set({**(self.log_context.get() or {}),
-                                                        "trace_id": format_trace_id(ctx.trace_id),
-                                                        "span_id": format_span_id(ctx.span_id)})
-        return self.span
+                self._log_token = log_context.set({**(log_context.get() or {}), "trace_id": _trace_hex(ctx.trace_id),
+                                                   "span_id": f"{ctx.span_id:016x}"})  # as format_span_id
+        return span
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._log_token is not None:
             self.log_context.reset(self._log_token)
         if self._unit_token is not None:
             current_unit.reset(self._unit_token)
         context.detach(self._context_token)
         self.span.end()
+
+
+_last_trace: tuple[int, str] = (0, format_trace_id(0))
+
+
+def _trace_hex(trace_id: int) -> str:
+    """format_trace_id, remembered for the last trace: a run's spans all share it."""
+    global _last_trace
+    last = _last_trace
+    if last[0] != trace_id:
+        last = _last_trace = (trace_id, format_trace_id(trace_id))
+    return last[1]
 
 
 def _record(span: Span, unit: UnitScope, *, set_error: bool = True, **fields: Any) -> None:
@@ -256,7 +288,12 @@ def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
         semconv.HIVE_EXECUTION_ID: info["execution_id"],
         semconv.GEN_AI_REQUEST_MODEL: info["model"],
     }
-    return {k: str(v) for k, v in attributes.items() if v not in (None, "")}
+    for key, value in list(attributes.items()):
+        if value is None or value == "":
+            del attributes[key]
+        elif type(value) is not str:
+            attributes[key] = str(value)
+    return attributes
 
 
 def _start_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None) -> Span:
@@ -288,10 +325,13 @@ class _Attempts:
             self._original = None
 
     async def _execute(self, ctx: Any) -> Any:
-        self._end_open_span()
-        self.unit.attempts += 1
-        span = _start_span(self.tracer, self.name, {**self.attributes, semconv.HIVE_NODE_ATTEMPT: self.unit.attempts})
-        self._span = span
+        if self._span is not None:
+            self._end_open_span()
+        unit = self.unit
+        unit.attempts += 1
+        span = self._span = self.tracer.start_span(
+            self.name, attributes={**self.attributes, semconv.HIVE_NODE_ATTEMPT: unit.attempts},
+            record_exception=False, set_status_on_exception=False)
         token = context.attach(trace.set_span_in_context(span))
         try:
             result = await self._original(ctx)  # type: ignore[misc]
@@ -343,7 +383,8 @@ def _hive_log_context() -> Any:
 
 
 class _Hooks:
-    """The wrappers, bound to one tracer."""
+    """The wrappers, bound to one tracer. An async hook gets ``wrapped``, Hive's unbound method,
+    and calls it as ``wrapped(instance, *args, **kwargs)``."""
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
@@ -355,38 +396,45 @@ class _Hooks:
     def active(self, name: str, attributes: dict[str, Any] | None = None, unit: UnitScope | None = None, *,
                bind_logs: bool = True) -> _Active:
         """A new span for a Hive step, current inside ``with``."""
-        return _Active(_start_span(self.tracer, name, attributes), unit, self.log_context if bind_logs else None)
+        return _Active(self.tracer.start_span(name, attributes=attributes, record_exception=False,
+                                              set_status_on_exception=False),
+                       unit, self.log_context if bind_logs else None)
 
     # --- graph path --------------------------------------------------------------------------
     async def orchestrator_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         graph = args[0] if args else kwargs.get("graph")
         goal = args[1] if len(args) > 1 else kwargs.get("goal")
         run = None
-        with _guard("workflow start"):
+        try:
             definition = Definition({"graph": graph, "goal": goal})
             session_id = ""
             getter = getattr(instance, "_get_runtime_log_session_id", None)
             if callable(getter):
                 session_id = getter() or ""
             session_id = session_id or str(getattr(instance, "_execution_id", "") or getattr(instance, "_run_id", ""))
-            run = RunScope(agent_id=str(getattr(graph, "id", "graph")), session_id=session_id, definition=definition,
-                           conditions=ConditionSet(goal, str(getattr(graph, "id", "graph"))),
+            agent_id = str(getattr(graph, "id", "graph"))
+            run = RunScope(agent_id=agent_id, session_id=session_id, definition=definition,
+                           conditions=ConditionSet(goal, agent_id),
                            input_data=args[2] if len(args) > 2 else kwargs.get("input_data"), started=monotonic(),
                            event_bus=getattr(instance, "_event_bus", None))
+        except Exception as exc:
+            _slip("workflow start", exc)
         attributes: dict[str, Any] = {}
-        with _guard("workflow attributes"):
-            if run:
+        if run:
+            try:
                 attributes = {semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_WORKFLOW,
                               semconv.GEN_AI_AGENT_ID: run.agent_id,
                               semconv.GEN_AI_AGENT_NAME: str(getattr(graph, "name", "") or run.agent_id),
                               semconv.GEN_AI_CONVERSATION_ID: run.session_id,
                               semconv.HIVE_AGENT_VERSION: run.definition.version}
+            except Exception as exc:
+                _slip("workflow attributes", exc)
         name = run.agent_id if run else "graph"
         # Hive sets its own log trace context on this path (see start_run).
         with self.active(f"{semconv.OP_INVOKE_WORKFLOW} {name}", attributes, bind_logs=False) as span:
             token = current_run.set(run) if run else None
             try:
-                result = await wrapped(*args, **kwargs)
+                result = await wrapped(instance, *args, **kwargs)
             except BaseException as exc:
                 with _guard("workflow raised"):
                     if run and not isinstance(exc, asyncio.CancelledError):
@@ -396,9 +444,11 @@ class _Hooks:
                 if token is not None:
                     current_run.reset(token)
             violations: list[Violation] = []
-            with _guard("workflow end"):
-                if run:
+            if run:
+                try:
                     violations = self._finish_workflow(span, run, result, None)
+                except Exception as exc:
+                    _slip("workflow end", exc)
             if violations and self.publish_violations and run:
                 await _publish_violations(run.event_bus, violations, stream_id=getattr(instance, "_stream_id", ""),
                                           execution_id=getattr(instance, "_execution_id", ""), node_id=None)
@@ -426,10 +476,12 @@ class _Hooks:
             success = False
             _fail_span(span, run.condition_error_type or "hive.constraint_violated",
                        "the run broke its goal's hard constraints or missed its success criteria")
-        quality = getattr(result, "execution_quality", None) if result is not None else "failed"
-        record_run(RunOutcome(session_id=run.session_id, agent_id=run.agent_id, agent_version=run.definition.version,
-                              success=success, quality=str(quality) if quality else None,
-                              failures=run.failures + run.condition_failures), span)
+        if span.is_recording():  # nobody sees the outcome of a span that is not recorded
+            quality = getattr(result, "execution_quality", None) if result is not None else "failed"
+            record_run(RunOutcome(session_id=run.session_id, agent_id=run.agent_id,
+                                  agent_version=run.definition.version, success=success,
+                                  quality=str(quality) if quality else None,
+                                  failures=run.failures + run.condition_failures), span)
         return violations
 
     def _run_conditions(self, span: Span, run: RunScope, conditions: ConditionSet, result: Any, *,
@@ -442,10 +494,11 @@ class _Hooks:
                     duration_s=monotonic() - run.started)
         constraints = conditions.check_constraints(step, skip=run.violated)
         criteria = conditions.check_criteria(step) if check_criteria else []
-        unit = UnitScope(agent_id=run.agent_id, node_id=None, session_id=run.session_id, definition=run.definition,
-                         input_context=run.input_data)
-        self._count_violations(run, *_record_violations(span, unit, constraints, criteria, step, memory),
-                               constraints)
+        if constraints or criteria:  # the common case, a run that meets its goal, records nothing
+            unit = UnitScope(agent_id=run.agent_id, node_id=None, session_id=run.session_id,
+                             definition=run.definition, input_context=run.input_data)
+            self._count_violations(run, *_record_violations(span, unit, constraints, criteria, step, memory),
+                                   constraints)
         return constraints
 
     @staticmethod
@@ -459,32 +512,37 @@ class _Hooks:
         ctx = args[1] if len(args) > 1 else kwargs.get("ctx")
         run = current_run.get()
         node_id = str(getattr(ctx, "node_id", None) or getattr(getattr(instance, "node_spec", None), "id", "node"))
-        unit = UnitScope(agent_id=run.agent_id if run else None, node_id=node_id,
-                         session_id=run.session_id if run else None, definition=run.definition if run else None,
-                         input_context=getattr(ctx, "input_data", None))
-        attributes = {semconv.HIVE_NODE_ID: node_id}
-        if run:
-            attributes[semconv.GEN_AI_AGENT_ID] = run.agent_id
+        if run is not None:
+            unit = UnitScope(agent_id=run.agent_id, node_id=node_id, session_id=run.session_id,
+                             definition=run.definition, input_context=getattr(ctx, "input_data", None))
+            attributes = {semconv.HIVE_NODE_ID: node_id, semconv.GEN_AI_AGENT_ID: run.agent_id}
+            conditions = run.conditions if run.conditions else None
+        else:
+            unit = UnitScope(agent_id=None, node_id=node_id, session_id=None,
+                             input_context=getattr(ctx, "input_data", None))
+            attributes, conditions = {semconv.HIVE_NODE_ID: node_id}, None
         attempts = _Attempts(self.tracer, node_impl, f"hive.node {node_id}", attributes, unit)
         started = monotonic()
         token = current_unit.set(unit)
         try:
-            result = await wrapped(*args, **kwargs)
+            result = await wrapped(instance, *args, **kwargs)
         except BaseException:
             attempts.close()
             raise
         finally:
             current_unit.reset(token)
-        # The whole data buffer (the node's ctx.buffer only shows its input keys).
-        buffer = getattr(getattr(instance, "_gc", None), "buffer", None) or getattr(ctx, "buffer", None)
-        with _guard("node end"):
-            if not getattr(result, "success", True):
-                self._node_failed(attempts.last_span(), unit, run, buffer, result)
+        failed = not getattr(result, "success", True)
         violations: list[Violation] = []
-        with _guard("node conditions"):
-            if run is not None and run.conditions:
-                violations = self._node_conditions(attempts.last_span(), unit, run, run.conditions, buffer, result,
-                                                   monotonic() - started)
+        if failed or conditions is not None:
+            # The whole data buffer (the node's ctx.buffer only shows its input keys).
+            buffer = getattr(getattr(instance, "_gc", None), "buffer", None) or getattr(ctx, "buffer", None)
+            if failed:
+                with _guard("node end"):
+                    self._node_failed(attempts.last_span(), unit, run, buffer, result)
+            if conditions is not None:
+                with _guard("node conditions"):
+                    violations = self._node_conditions(attempts.last_span(), unit, run, conditions, buffer,  # type: ignore[arg-type]
+                                                       result, monotonic() - started)
         attempts.close()
         if violations and self.publish_violations and run is not None:
             await _publish_violations(run.event_bus, violations, stream_id=getattr(ctx, "stream_id", ""),
@@ -494,7 +552,10 @@ class _Hooks:
     def _node_conditions(self, span: Span, unit: UnitScope, run: RunScope, conditions: ConditionSet, buffer: Any,
                          result: Any, duration_s: float) -> list[Violation]:
         """The constraints this node's output breaks first in the run: the node is what broke them."""
-        run.tool_names += unit.tool_names[:MAX_TOOL_NAMES - len(run.tool_names)]
+        if unit.tool_names:
+            run.tool_names += unit.tool_names[:MAX_TOOL_NAMES - len(run.tool_names)]
+        if not conditions.constraints:  # only the run's success criteria: checked when the run ends
+            return []
         output = getattr(result, "output", None)
         # Memory as the node leaves it: Hive writes the node's output to the buffer only after this hook.
         memory = {**(_read_memory(buffer) or {}), **(output if isinstance(output, dict) else {})}
@@ -535,7 +596,7 @@ class _Hooks:
             attributes = {**_agent_attributes(info or {}), semconv.HIVE_WORKER_ID: str(getattr(instance, "id", ""))}
         with self.active(f"{semconv.OP_INVOKE_AGENT} {name}", attributes, unit) as span:
             try:
-                result = await wrapped(*args, **kwargs)
+                result = await wrapped(instance, *args, **kwargs)
             except BaseException as exc:
                 with _guard("worker crashed"):
                     if unit and not isinstance(exc, asyncio.CancelledError):
@@ -596,18 +657,22 @@ class _Hooks:
         info: dict[str, Any] = {}
         owner: UnitScope | None = None
         conditions: ConditionSet | None = None
-        with _guard("loop start"):
+        try:
             ctx = args[0] if args else kwargs.get("ctx")
             info = _agent_info(ctx)
             if current_unit.get() is None:  # nothing encloses this loop: it owns its failures (and conditions)
                 owner = _agent_unit(info, getattr(ctx, "input_data", None))
                 conditions = ConditionSet(getattr(ctx, "goal", None), info["agent_id"])
+        except Exception as exc:
+            _slip("loop start", exc)
         attributes: dict[str, Any] = {}
-        with _guard("loop attributes"):
+        try:
             attributes = _agent_attributes(info)
+        except Exception as exc:
+            _slip("loop attributes", exc)
         with self.active(f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}", attributes, owner) as span:
             try:
-                result = await wrapped(*args, **kwargs)
+                result = await wrapped(instance, *args, **kwargs)
             except BaseException as exc:
                 with _guard("loop raised"):
                     if not isinstance(exc, asyncio.CancelledError):
@@ -622,8 +687,10 @@ class _Hooks:
                             self._run_outcome(span, owner, success=False, quality="crashed", failures=1)
                 raise
             violations: list[Violation] = []
-            with _guard("loop end"):
+            try:
                 violations = self._loop_done(span, owner, result, conditions)
+            except Exception as exc:
+                _slip("loop end", exc)
             if violations and self.publish_violations:
                 await _publish_violations(getattr(instance, "_event_bus", None), violations,
                                           stream_id=info.get("stream_id"), execution_id=info.get("execution_id"),
@@ -670,95 +737,117 @@ class _Hooks:
         name = str(getattr(tc, "tool_name", "tool"))
         attributes = {semconv.GEN_AI_OPERATION_NAME: semconv.OP_EXECUTE_TOOL, semconv.GEN_AI_TOOL_NAME: name,
                       semconv.GEN_AI_TOOL_CALL_ID: str(getattr(tc, "tool_use_id", "") or "")}
-        with _guard("tool attributes"):
-            if self.export_content:
+        if self.export_content:
+            with _guard("tool attributes"):
                 attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = safe_text(getattr(tc, "tool_input", None))
         with self.active(f"{semconv.OP_EXECUTE_TOOL} {name}", attributes) as span:
             try:
-                result = await wrapped(*args, **kwargs)
+                result = await wrapped(instance, *args, **kwargs)
             except Exception as exc:
                 with _guard("tool raised"):
                     _record_exception(span, exc)
                     _fail_span(span, qualified_name(exc), str(exc))
                     self._note_tool(tc, name, str(exc), True)
                 raise
-            with _guard("tool end"):
+            try:
                 is_error = bool(getattr(result, "is_error", False))
                 content = getattr(result, "content", None)
                 if is_error:
                     _fail_span(span, "hive.tool_error", safe_text(content))
-                self._note_tool(tc, name, content, is_error)
+                unit = current_unit.get()
+                if unit is not None:  # raw but capped (Hive may drop it from its conversation; we keep it)
+                    if isinstance(content, str) and len(content) > _LIMITS.max_string_chars:
+                        content = cap_text(content, _LIMITS.max_string_chars)
+                    unit.add_tool_call(name, getattr(tc, "tool_input", None), content, is_error)
+            except Exception as exc:
+                _slip("tool end", exc)
             return result
 
     @staticmethod
     def _note_tool(tc: Any, name: str, content: Any, is_error: bool) -> None:
         unit = current_unit.get()
         if unit is not None:  # raw but capped: scrubbed only if it ends up in a FailureRecord
-            if isinstance(content, str):
-                content = cap_text(content, _LIMITS.max_string_chars)
-            unit.add_tool_call(name, getattr(tc, "tool_input", None), content, is_error)
+            unit.add_tool_call(name, getattr(tc, "tool_input", None), cap_text(content, _LIMITS.max_string_chars),
+                               is_error)
 
     async def judge_turn(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        verdict = await wrapped(*args, **kwargs)
-        with _guard("judge verdict"):
+        verdict = await wrapped(instance, *args, **kwargs)
+        try:
+            action = getattr(verdict, "action", None)
             unit = current_unit.get()
             if unit is not None:
-                iteration = args[5] if len(args) > 5 else kwargs.get("iteration", len(unit.judge))
-                judge_type = "custom" if getattr(instance, "_judge", None) is not None else "implicit"
-                unit.add_judge(int(iteration), str(getattr(verdict, "action", "")),
-                               str(getattr(verdict, "feedback", "") or ""), judge_type)
-                if str(getattr(verdict, "action", "")) == "ESCALATE":
-                    unit.signals.setdefault(FailureKind.JUDGE_ESCALATED.value,
-                                            str(getattr(verdict, "feedback", "") or ""))
+                unit.add_judge(args[5] if len(args) > 5 else kwargs.get("iteration"), verdict,
+                               getattr(instance, "_judge", None) is not None)
+            if action == "RETRY" or action == "ESCALATE":
+                self._verdict_event(str(action), str(getattr(verdict, "feedback", "") or ""), unit)
+        except Exception as exc:
+            _slip("judge verdict", exc)
         return verdict
 
-    # --- the EventBus tap and Hive's own trace ids ---------------------------------------------
-    def publish(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        """Observe, then hand Hive its own coroutine: no extra await layer on the agent loop."""
-        event = args[0] if args else kwargs.get("event")
-        if getattr(event, "type", None) in _OBSERVED:  # EventType is a str enum: plain str lookup
-            with _guard("event"):
-                self._observe(event)
-        return wrapped(*args, **kwargs)
+    def _verdict_event(self, action: str, feedback: str, unit: UnitScope | None) -> None:
+        """A verdict that is not ACCEPT: the evaluation event Hive's JUDGE_VERDICT would give, on the loop's span."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            attributes = {semconv.EVALUATION_NAME: "hive.judge", semconv.EVALUATION_SCORE_LABEL: action}
+            if self.export_content:  # the explanation is content (cut as Hive's event cuts it); the index has it all
+                attributes[semconv.EVALUATION_EXPLANATION] = safe_text(feedback[:200])
+            span.add_event(semconv.EVALUATION_EVENT, attributes)
+        if action == "ESCALATE" and unit is not None:
+            unit.signals.setdefault(FailureKind.JUDGE_ESCALATED.value, feedback)
 
-    def _observe(self, event: Any) -> None:
-        """In-memory only: a span event on the current span, a signal on the current unit."""
-        kind = getattr(getattr(event, "type", None), "value", None)
-        data = getattr(event, "data", None) or {}
-        if kind == "judge_verdict":
-            action = str(data.get("action", ""))
-            if action in ("RETRY", "ESCALATE"):
-                attributes = {semconv.EVALUATION_NAME: "hive.judge", semconv.EVALUATION_SCORE_LABEL: action}
-                if self.export_content:  # the explanation is content; the index gets the full text anyway
-                    attributes[semconv.EVALUATION_EXPLANATION] = safe_text(data.get("feedback", ""))
-                trace.get_current_span().add_event(semconv.EVALUATION_EVENT, attributes)
-            return
-        if kind == "subagent_report":
-            unit = current_unit.get()
-            if unit is not None and data.get("status") == "failed":
-                unit.signals.setdefault("report_failed", str(data.get("summary", "")))
-            return
-        mapped = _SIGNAL_EVENTS.get(kind or "")
-        if mapped is None:
-            return
-        event_name, signal, key = mapped
-        reason = safe_text(data.get(key) or data.get("reason") or "")
-        trace.get_current_span().add_event(event_name, {semconv.EVENT_REASON: reason})
-        unit = current_unit.get()
-        if signal is not None and unit is not None:
-            unit.signals.setdefault(signal.value, reason)
+    # --- Hive's degradation signals and its own trace ids ---------------------------------------
+    def signal(self, emitter: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """A maker of the replacement of ``EventBus.<emitter>``: Hive emits a degradation signal
+        (a stall, a doom loop, ...) rarely, so its arguments are bound by name here, at no cost to
+        the events that matter to nobody but Hive (publish itself is not touched)."""
+        event_name, kind, key = _SIGNAL_EMITTERS[emitter]
+
+        def make(emit: Callable[..., Any]) -> Callable[..., Any]:
+            names = list(inspect.signature(emit).parameters)[1:]  # after the bus
+            keys = [(names.index(k), k) for k in (key, "reason") if k in names]  # what says why: position, keyword
+
+            def emitting(bus: Any, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    reason: Any = ""
+                    for i, k in keys:
+                        reason = (args[i] if i < len(args) else kwargs.get(k)) or ""
+                        if reason:
+                            break
+                    self._signal(event_name, kind, reason)
+                except Exception as exc:
+                    _slip("event", exc)
+                return emit(bus, *args, **kwargs)
+
+            return _coroutine_function(emitting)
+
+        return make
 
     @staticmethod
-    def start_run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        """After Hive mints its trace_id, replace it with the OTel one: one id in logs and traces."""
-        result = wrapped(*args, **kwargs)
-        with _guard("hive trace id"):
-            ctx = trace.get_current_span().get_span_context()
-            if ctx.is_valid:
-                from framework.observability import set_trace_context
+    def _signal(event_name: str, kind: FailureKind | None, reason: Any) -> None:
+        """In-memory only: a span event on the current span, a signal on the current unit."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(event_name, {semconv.EVENT_REASON: safe_text(reason)})
+        unit = current_unit.get()
+        if kind is not None and unit is not None:  # raw but capped: a record is scrubbed when it is built
+            unit.signals.setdefault(kind.value, cap_text(str(reason), _LIMITS.max_string_chars))
 
-                set_trace_context(trace_id=format_trace_id(ctx.trace_id), span_id=format_span_id(ctx.span_id))
-        return result
+    @staticmethod
+    def trace_ids(start_run: Callable[..., Any]) -> Callable[..., Any]:
+        """``start_run``, after which Hive's trace_id is the OTel one: one id in logs and traces."""
+        from framework.observability import set_trace_context
+
+        def started(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = start_run(self, *args, **kwargs)
+            try:
+                ctx = trace.get_current_span().get_span_context()
+                if ctx.is_valid:
+                    set_trace_context(trace_id=format_trace_id(ctx.trace_id), span_id=format_span_id(ctx.span_id))
+            except Exception as exc:
+                _slip("hive trace id", exc)
+            return result
+
+        return started
 
 
 class HiveInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -771,30 +860,62 @@ class HiveInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         tracer = trace.get_tracer(semconv.INSTRUMENTATION_SCOPE, tracer_provider=kwargs.get("tracer_provider"))
         conditions.load_from_env()  # HIVE_FAILURES_CONDITIONS: a bad file is logged and counted, not raised
         hooks = _Hooks(tracer)
-        wrappers = {
-            ("Orchestrator", "execute"): hooks.orchestrator_execute,
-            ("NodeWorker", "_execute_with_retries"): hooks.node_with_retries,
-            ("Worker", "run"): hooks.worker_run,
-            ("AgentLoop", "execute"): hooks.agent_loop_execute,
-            ("AgentLoop", "_execute_tool"): hooks.execute_tool,
-            ("AgentLoop", "_judge_turn"): hooks.judge_turn,
-            ("EventBus", "publish"): hooks.publish,
-            ("DecisionTracker", "start_run"): hooks.start_run,
-            ("StreamDecisionTracker", "start_run"): hooks.start_run,
+        makers: dict[tuple[str, str], Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+            ("Orchestrator", "execute"): _around(hooks.orchestrator_execute),
+            ("NodeWorker", "_execute_with_retries"): _around(hooks.node_with_retries),
+            ("Worker", "run"): _around(hooks.worker_run),
+            ("AgentLoop", "execute"): _around(hooks.agent_loop_execute),
+            ("AgentLoop", "_execute_tool"): _around(hooks.execute_tool),
+            ("AgentLoop", "_judge_turn"): _around(hooks.judge_turn),
+            **{("EventBus", emitter): hooks.signal(emitter) for emitter in _SIGNAL_EMITTERS},
+            ("DecisionTracker", "start_run"): hooks.trace_ids,
+            ("StreamDecisionTracker", "start_run"): hooks.trace_ids,
         }
-        self._wrapped: list[tuple[Any, str]] = []
+        self._patched: list[tuple[type, str, Any]] = []
         for module, cls_name, method in _HOOKS:
             try:
-                wrap_function_wrapper(module, f"{cls_name}.{method}", wrappers[(cls_name, method)])
+                owner = getattr(importlib.import_module(module), cls_name)
+                original = getattr(owner, method)
+                replacement = makers[(cls_name, method)](original)
             except (ImportError, AttributeError) as exc:
                 _log.info("hive-failures: hook %s.%s.%s not available in this Hive: %s", module, cls_name, method, exc)
                 continue
-            self._wrapped.append((getattr(importlib.import_module(module), cls_name), method))
+            self._patched.append((owner, method, owner.__dict__.get(method, _INHERITED)))
+            setattr(owner, method, functools.update_wrapper(replacement, original))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        for owner, method in getattr(self, "_wrapped", []):
-            unwrap(owner, method)
-        self._wrapped = []
+        for owner, method, own in reversed(getattr(self, "_patched", [])):
+            if own is _INHERITED:
+                delattr(owner, method)
+            else:
+                setattr(owner, method, own)
+        self._patched = []
+
+
+_INHERITED = object()  # a patched method the class inherited: uninstrument deletes the patch
+
+
+def _around(hook: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A maker of the replacement of an async method: the coroutine ``hook(original, self, args,
+    kwargs)`` runs in place of each call. A plain function on the class, not a wrapper object:
+    no proxy on every call, no extra await layer (it hands Hive the hook's coroutine), and
+    ``uninstrument`` puts the original back."""
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def around(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return hook(original, self, args, kwargs)
+
+        return _coroutine_function(around)
+
+    return make
+
+
+def _coroutine_function(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a plain function that returns a coroutine as a coroutine function, as the method it replaces."""
+    mark = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
+    if mark is not None:
+        return mark(function)  # type: ignore[no-any-return]
+    function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]  # what asyncio checks on 3.11
+    return function
 
 
 __all__ = ["HiveInstrumentor"]

@@ -13,12 +13,15 @@ import json
 import traceback
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from ..conditions import ConditionSet
 from ..record import FailureKind, FailureRecord, JudgeFeedback, ToolCallAttempt
+from ..scrub import Limits, cap_text
 
 _MAX_ITEMS = 50  # judge verdicts / tool calls kept per unit; the newest win
+_LIMITS = Limits.from_env()
 MAX_TOOL_NAMES = 10_000  # tool names kept per unit and run for conditions (``tool_calls``); the oldest win
 # Hive's Goal stamps itself with the time it was built: not part of what the agent is.
 _VOLATILE = frozenset({"created_at", "updated_at"})
@@ -41,7 +44,7 @@ class Definition:
                 else v for k, v in self.parts.items()}
 
 
-@dataclass
+@dataclass(slots=True)
 class RunScope:
     """One graph run (Orchestrator.execute)."""
 
@@ -61,7 +64,7 @@ class RunScope:
     event_bus: Any = None  # where CONSTRAINT_VIOLATION is published, when asked to
 
 
-@dataclass
+@dataclass(slots=True)
 class UnitScope:
     """One owner of failures: a node, a worker or an outermost agent loop."""
 
@@ -71,23 +74,42 @@ class UnitScope:
     definition: Definition | None = None
     input_context: Any = None
     attempts: int = 0
-    # Raw tuples on the hot path; models are built only when a failure is recorded.
-    judge: list[tuple[int, str, str, str]] = field(default_factory=list)  # attempt, action, feedback, judge_type
+    # What Hive handed us, as it was, on the hot path (a successful run never reads it); models,
+    # text and caps only when a failure is recorded.
+    judge: list[tuple[Any, Any, bool]] = field(default_factory=list)  # iteration, verdict, custom judge
     tool_calls: list[tuple[str, Any, Any, bool]] = field(default_factory=list)  # name, arguments, result, error
     signals: dict[str, str] = field(default_factory=dict)  # FailureKind value -> Hive's reason
     exception: BaseException | None = None
     failures: int = 0
     tool_names: list[str] = field(default_factory=list)  # every tool called, for conditions
 
-    def add_judge(self, attempt: int, action: str, feedback: str, judge_type: str) -> None:
-        self.judge.append((attempt, action, feedback, judge_type))
-        del self.judge[:-_MAX_ITEMS]
+    def add_judge(self, iteration: Any, verdict: Any, custom: bool) -> None:
+        """A judge's verdict (Hive's JudgeVerdict: action, feedback) on the unit's ``iteration``."""
+        judge = self.judge
+        judge.append((len(judge) if iteration is None else iteration, verdict, custom))
+        if len(judge) >= 2 * _MAX_ITEMS:  # trimmed now and then, not on every call
+            del judge[:-_MAX_ITEMS]
 
     def add_tool_call(self, name: str, arguments: Any, result: Any, is_error: bool) -> None:
-        self.tool_calls.append((name, arguments, result, is_error))
-        del self.tool_calls[:-_MAX_ITEMS]
+        calls = self.tool_calls
+        calls.append((name, arguments, result, is_error))
+        if len(calls) >= 2 * _MAX_ITEMS:
+            del calls[:-_MAX_ITEMS]
         if len(self.tool_names) < MAX_TOOL_NAMES:
             self.tool_names.append(name)
+
+    def judge_feedback(self) -> list[JudgeFeedback]:
+        return [JudgeFeedback(attempt=iteration if isinstance(iteration, int) else n,
+                              action=str(getattr(verdict, "action", "")),
+                              feedback=str(getattr(verdict, "feedback", "") or ""),
+                              judge_type="custom" if custom else "implicit")
+                for n, (iteration, verdict, custom) in enumerate(self.judge[-_MAX_ITEMS:])]
+
+    def tool_attempts(self, max_chars: int) -> list[ToolCallAttempt]:
+        """The tool calls, their results cut to ``max_chars`` (a record scrubs and caps them again)."""
+        return [ToolCallAttempt(tool_name=n, arguments=a, is_error=e,
+                                result=None if r is None else cap_text(r if isinstance(r, str) else str(r), max_chars))
+                for n, a, r, e in self.tool_calls[-_MAX_ITEMS:]]
 
     def failure(self, *, kind: FailureKind, error_type: str, error_message: str,
                 memory_snapshot: Any = None, attempts: int | None = None, **fields: Any) -> FailureRecord:
@@ -100,12 +122,10 @@ class UnitScope:
             "session_id": self.session_id, "agent_id": self.agent_id, "node_id": self.node_id, "kind": kind,
             "error_type": error_type, "error_message": error_message, "traceback": tb,
             "attempts": attempts if attempts is not None else max(1, self.attempts),
-            "judge_feedback": [JudgeFeedback(attempt=a, action=act, feedback=fb, judge_type=jt)
-                               for a, act, fb, jt in self.judge],
+            "judge_feedback": self.judge_feedback(),
             "input_context": self.input_context, "memory_snapshot": memory_snapshot,
             "graph_snapshot": self.definition.snapshot_parts() if self.definition else None,
-            "tool_calls": [ToolCallAttempt(tool_name=n, arguments=a, result=None if r is None else str(r), is_error=e)
-                           for n, a, r, e in self.tool_calls],
+            "tool_calls": self.tool_attempts(_LIMITS.max_string_chars),
             "agent_version": self.agent_version,
             **fields,
         })
@@ -157,15 +177,31 @@ def qualified_name(exc: BaseException) -> str:
 
 
 def _canonical_bytes(value: Any) -> bytes:
+    if isinstance(value, str):  # a model name: what json.dumps below gives a str, without its set-up
+        return encode_basestring(value).encode("utf-8", "replace")
     dump = getattr(value, "model_dump_json", None)
     if callable(dump):  # pydantic's own serialiser: fast, stable for one definition
         return dump(exclude=_VOLATILE).encode("utf-8", "replace")
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "replace")
 
 
+_VERSIONS: dict[bytes, str] = {}  # canonical definition -> version, for the definitions seen last
+_VERSIONS_KEPT, _VERSION_CACHED_BYTES = 32, 64 * 1024
+
+
 def version_of(parts: dict[str, Any]) -> str:
-    """Implicit agent version: a short hash of the agent definition, for when Hive gives none."""
-    digest = hashlib.sha256()
-    for key in sorted(parts):
-        digest.update(key.encode() + b"\0" + _canonical_bytes(parts[key]) + b"\0")
-    return "sha256:" + digest.hexdigest()[:12]
+    """Implicit agent version: a short hash of the agent definition, for when Hive gives none.
+
+    Runs of one agent serialise the same definition again and again (Hive builds it afresh per
+    session): the hash of the few last ones is looked up rather than computed (sha256 costs
+    ten times what a dict lookup of the same bytes does).
+    """
+    canonical = b"".join([key.encode() + b"\0" + _canonical_bytes(parts[key]) + b"\0" for key in sorted(parts)])
+    version = _VERSIONS.get(canonical)
+    if version is None:
+        version = "sha256:" + hashlib.sha256(canonical).hexdigest()[:12]
+        if len(canonical) <= _VERSION_CACHED_BYTES:
+            if len(_VERSIONS) >= _VERSIONS_KEPT:
+                _VERSIONS.clear()  # atomic, unlike evicting one entry while another thread adds one
+            _VERSIONS[canonical] = version
+    return version
