@@ -203,13 +203,13 @@ def test_the_writers_deflate_without_the_gil_gives_what_pythons_zlib_gives() -> 
     """The ctypes path (which keeps the GIL) and Python's zlib write the same bytes, with a dictionary or not."""
     import zlib
 
-    from hive_otel_failures.index import sqlite as backend
+    from hive_otel_failures.index.deflate import Deflater
 
     zdict = json.dumps({"refund": "order " * 500}).encode()
     texts = [json.dumps({"row": i, "text": "refund order " * i}).encode() for i in (0, 1, 50, 3000)]
     texts.append(os.urandom(70_000))  # incompressible: deflate's worst case fits the buffer
     for level, d in ((3, zdict), (6, None)):
-        deflater = backend._Deflater(level, d)
+        deflater = Deflater(level, d)
         for text in texts:
             packer = zlib.compressobj(level, zlib.DEFLATED, -15, 8, **({"zdict": d} if d else {}))
             assert deflater(text) == packer.compress(text) + packer.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .. import semconv
 from ..scrub import Limits
@@ -13,7 +14,20 @@ from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern,
                      RunRate, Stats, VersionStats)
 from .backend import is_server, redact
 from .store import FailureIndex, FailureIndexError, parse_since
-from .portability import ExportReport, ImportReport, PruneReport
+
+if TYPE_CHECKING:
+    from .portability import ExportReport, ImportReport, PruneReport
+
+_PORTABILITY = frozenset({"ExportReport", "ImportReport", "PruneReport"})
+
+
+def __getattr__(name: str) -> Any:
+    """The reports of prune, export and import, from the module the methods load when called."""
+    if name in _PORTABILITY:
+        from . import portability
+
+        return getattr(portability, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_location() -> str:

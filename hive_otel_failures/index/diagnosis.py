@@ -9,7 +9,6 @@ cut first, and it says what it cut.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +78,8 @@ def _definition_diff(definitions: Definitions | None) -> str:
     if d.first_failing_version == d.newest_stored_version:
         text = f"The pattern first failed in {first}, the newest definition stored."
     else:
+        import difflib  # only a diagnosis with two definitions diffs them
+
         lines = difflib.unified_diff(_json(d.first_failing).splitlines(), _json(d.newest_stored).splitlines(),
                                      fromfile=f"{first} (first failed)", tofile=d.newest_stored_version or "newest",
                                      lineterm="", n=2)

@@ -6,8 +6,6 @@ concurrently thanks to WAL.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import sqlite3
@@ -16,10 +14,13 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backend import FAILURE_COLUMNS, RUN_COLUMNS, Backend, FailureIndexError, Params, WireRows
 from .schema import MIGRATIONS
+
+if TYPE_CHECKING:
+    from .deflate import Deflater
 
 # The writer hands SQLite a whole batch as JSON in one statement, and this trigger writes it:
 # blobs, failures (an id already stored is skipped), their patterns and hourly/daily counters,
@@ -117,91 +118,6 @@ def deflate(text: str, level: int = _LEVEL) -> bytes:
     return b"\0" + packer.compress(text.encode("utf-8")) + packer.flush()
 
 
-class _ZStream(ctypes.Structure):
-    _fields_ = [("next_in", ctypes.c_char_p), ("avail_in", ctypes.c_uint), ("total_in", ctypes.c_ulong),
-                ("next_out", ctypes.c_void_p), ("avail_out", ctypes.c_uint), ("total_out", ctypes.c_ulong),
-                ("msg", ctypes.c_char_p), ("state", ctypes.c_void_p), ("zalloc", ctypes.c_void_p),
-                ("zfree", ctypes.c_void_p), ("opaque", ctypes.c_void_p), ("data_type", ctypes.c_int),
-                ("adler", ctypes.c_ulong), ("reserved", ctypes.c_ulong)]
-
-
-def _libz() -> Any:
-    """zlib through ctypes.PyDLL, which keeps the GIL during a call; None where it cannot be loaded.
-
-    Python's zlib (3.11) gives the GIL up around each deflate() call and to take each compressor's
-    lock: five times per snapshot. Beside a busy application thread, every time costs the writer
-    up to a switch interval (5 ms) to get it back, as SQLite calls do. Deflating 1 KB takes ~15 µs:
-    holding the GIL for it is what the writer wants.
-    """
-    name = ctypes.util.find_library("z")
-    try:
-        lib = ctypes.PyDLL(name or "libz.so.1")
-        lib.deflateInit2_.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                      ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.deflateSetDictionary.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_char_p, ctypes.c_uint]
-        lib.deflateCopy.argtypes = [ctypes.POINTER(_ZStream), ctypes.POINTER(_ZStream)]
-        lib.deflate.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int]
-        lib.deflateEnd.argtypes = [ctypes.POINTER(_ZStream)]
-        lib.deflateBound.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_ulong]
-        lib.deflateBound.restype = ctypes.c_ulong
-        lib.zlibVersion.restype = ctypes.c_char_p
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBZ = _libz()
-_Z_FINISH, _Z_STREAM_END = 4, 1
-
-
-class _Deflater:
-    """Raw deflate at a level, primed with a dictionary once; each call deflates one snapshot whole."""
-
-    def __init__(self, level: int, zdict: bytes | None) -> None:
-        self._primed: _ZStream | None = None
-        if _LIBZ is not None:
-            stream = _ZStream()
-            if _LIBZ.deflateInit2_(ctypes.byref(stream), level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY,
-                                   _LIBZ.zlibVersion(), ctypes.sizeof(_ZStream)) == 0:
-                if not zdict or _LIBZ.deflateSetDictionary(ctypes.byref(stream), zdict, len(zdict)) == 0:
-                    self._primed, self._primed_ref = stream, ctypes.byref(stream)
-                    self._stream = _ZStream()  # each snapshot's copy of the primed one, ended after it
-                    self._ref = ctypes.byref(self._stream)
-                    self._out = ctypes.create_string_buffer(16 * 1024)
-                else:
-                    _LIBZ.deflateEnd(ctypes.byref(stream))
-        self._packer = zlib.compressobj(level, zlib.DEFLATED, -15, 8, **({"zdict": zdict} if zdict else {}))
-
-    def __call__(self, data: bytes) -> bytes:
-        primed = self._primed
-        if primed is None:
-            packer = self._packer.copy()
-            return packer.compress(data) + packer.flush()
-        stream, ref = self._stream, self._ref
-        if _LIBZ.deflateCopy(ref, self._primed_ref) != 0:
-            raise MemoryError("deflateCopy")
-        try:
-            size = len(data) + (len(data) >> 3) + 64  # deflate's worst case is +0.03% and a few bytes
-            if size > len(self._out):
-                self._out = ctypes.create_string_buffer(size)
-            stream.next_in = data
-            stream.avail_in = len(data)
-            stream.next_out = self._out_at = ctypes.addressof(self._out)
-            stream.avail_out = size
-            if _LIBZ.deflate(ref, _Z_FINISH) == _Z_STREAM_END:
-                return ctypes.string_at(self._out_at, size - stream.avail_out)
-        finally:
-            stream.next_in = None
-            _LIBZ.deflateEnd(ref)
-        packer = self._packer.copy()  # not expected (the buffer fits deflate's worst case): Python's zlib
-        return packer.compress(data) + packer.flush()
-
-    def __del__(self) -> None:
-        if self._primed is not None and _LIBZ is not None:
-            _LIBZ.deflateEnd(ctypes.byref(self._primed))
-            self._primed = None
-
-
 class _Blobs:
     """The deflating and inflating of one file's snapshots, with its dictionaries."""
 
@@ -209,7 +125,7 @@ class _Blobs:
         self._target = target  # read again for a dictionary another process made after we opened
         self.dicts: dict[int, bytes] = {}
         self.dict_id = 0
-        self._deflater: _Deflater | None = None  # made on first use: readers never deflate
+        self._deflater: Deflater | None = None  # made on first use: readers never deflate
         self._head = b"\0"
         self._recent: dict[str, bytes] = {}
 
@@ -228,7 +144,9 @@ class _Blobs:
         z = recent.pop(sha, None)
         if z is None:
             if self._deflater is None:
-                self._deflater = _Deflater(_LEVEL, self.dicts.get(self.dict_id))
+                from .deflate import Deflater  # ctypes and libz: only a writer loads them
+
+                self._deflater = Deflater(_LEVEL, self.dicts.get(self.dict_id))
             z = self._head + self._deflater(text.encode("utf-8"))
             if len(recent) >= _RECENT:
                 del recent[next(iter(recent))]
