@@ -429,18 +429,32 @@ def code_version() -> str:
     return head + (f" + uncommitted {', '.join(changed)}" if changed else "")
 
 
-def build(size: str, log=print) -> dict[str, Any]:
-    """Write the index and the OTLP file for ``size`` under .cache; returns (and saves) the build figures."""
+def postgres_bytes(url: str) -> int:
+    """pg_database_size of the database at ``url`` (tables, indexes, TOAST)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def build(size: str, log=print, target: str | None = None, end: float | None = None) -> dict[str, Any]:
+    """Write the index and the OTLP file for ``size`` under .cache; returns (and saves) the build figures.
+
+    With ``target`` (a ``postgresql://`` URL of an empty database) the same data goes through the same
+    ``add_prepared`` batches into that index instead: no OTLP file, nothing cached, the figures only returned.
+    ``end`` (a cached build's) makes the same runs and failures as that build, to the same timestamps.
+    """
     n = SIZES[size]
-    CACHE.mkdir(parents=True, exist_ok=True)
     final = paths(size)
     tmp = {k: p.with_name(p.name.replace(f"-{size}", f"-{size}-partial")) for k, p in final.items()}
-    for p in list(tmp.values()) + [tmp["db"].with_name(tmp["db"].name + s) for s in ("-wal", "-shm")]:
-        p.unlink(missing_ok=True)
-    end = time.time()
+    if target is None:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        for p in list(tmp.values()) + [tmp["db"].with_name(tmp["db"].name + s) for s in ("-wal", "-shm")]:
+            p.unlink(missing_ok=True)
+    end = time.time() if end is None else end
     t0 = time.perf_counter()
     world = World(end)
-    idx = FailureIndex(tmp["db"])
+    idx = FailureIndex(tmp["db"] if target is None else target)
     fail_batch: list[dict[str, Any]] = []
     run_batch: list[RunOutcome] = []
     span_batch: list[dict[str, Any]] = []
@@ -448,7 +462,7 @@ def build(size: str, log=print) -> dict[str, Any]:
     counts = {"failures": 0, "runs": 0, "failed_runs": 0, "otlp_lines": 0}
     checked = False
     perf = time.perf_counter
-    with open(tmp["otlp"], "w", encoding="utf-8") as otlp:
+    with open(tmp["otlp"] if target is None else os.devnull, "w", encoding="utf-8") as otlp:
         def flush_failures() -> None:
             c = perf()
             idx.add_prepared(fail_batch)
@@ -484,9 +498,10 @@ def build(size: str, log=print) -> dict[str, Any]:
                                         success=run.success, quality=run.quality, failures=len(run.failures)))
             fail_batch.extend(run.failures)
             counts["failures"] += len(run.failures)
-            c = perf()
-            span_batch.extend(_otlp_spans(run))
-            clock["otlp"] += perf() - c
+            if target is None:
+                c = perf()
+                span_batch.extend(_otlp_spans(run))
+                clock["otlp"] += perf() - c
             if len(fail_batch) >= BATCH:
                 flush_failures()
             if len(run_batch) >= BATCH:
@@ -531,6 +546,9 @@ def build(size: str, log=print) -> dict[str, Any]:
         "agents": world.agents, "top_patterns": [p.fingerprint for p in sorted(world.patterns, key=lambda p: -p.weight)
                                                  if p.agent == 0][:3],
     }
+    if target is not None:
+        meta.update(backend="postgresql", db_bytes=postgres_bytes(target), otlp_bytes=0)
+        return meta
     for k in ("db", "otlp"):
         os.replace(tmp[k], final[k])
     meta["db_bytes"] = final["db"].stat().st_size

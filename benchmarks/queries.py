@@ -3,6 +3,13 @@
 Prints figures; asserts nothing (the machines are shared and noisy).
 
     python benchmarks/queries.py [--sizes 10k,100k,1M] [--rebuild] [--repeats 20] [--build-only]
+                                 [--backend sqlite|postgresql|both]
+
+``--backend postgresql`` (or ``both``, one table with the two side by side) starts a throwaway PostgreSQL
+server (tests/pg_server.py; nothing cached), builds the same data (the SQLite cache's, to the same end time,
+when both) into a fresh database through the same add_prepared batches, prints its failures/s, runs
+VACUUM (ANALYZE) (what autovacuum does to insert-only tables sooner or later), then the same calls. A query
+whose p50 misses its target is called once more under auto_explain and its plan printed (--explain-ms).
 
 Targets (issue): on 1M failures and 5M runs, advise() <= 100 ms, patterns(since=...) <= 100 ms,
 stats() <= 100 ms, diagnose() <= 50 ms, each MCP tool call <= 150 ms round trip; and keep the
@@ -43,11 +50,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.pg_server
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _query_data as data
 
 from hive_otel_failures import semconv
 from hive_otel_failures.index import FailureIndex
+from hive_otel_failures.index import open_index as hof_open_index
 from hive_otel_failures.index.schema import LATEST_VERSION
 
 TARGET_MS = {"patterns(since=7d)": 100, "stats()": 100, "stats(agent)": 100, "advise()": 100, "advise(agent)": 100,
@@ -252,12 +261,14 @@ def mcp_arguments(meta: dict[str, Any], idx: FailureIndex) -> dict[str, dict[str
     }
 
 
-async def _mcp_round_trips(db: Path, arguments: dict[str, dict[str, Any] | str], repeats: int) -> None:
+async def _mcp_round_trips(db: Path | str, arguments: dict[str, dict[str, Any] | str],
+                           repeats: int) -> dict[str, tuple[float, float] | str]:
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
     params = StdioServerParameters(command=sys.executable, args=["-m", "hive_otel_failures", "mcp", "--db", str(db)],
                                    env=dict(os.environ))  # PYTHONPATH included: the server runs the same code
+    results: dict[str, tuple[float, float] | str] = {}
     t0 = time.perf_counter()
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
@@ -274,6 +285,7 @@ async def _mcp_round_trips(db: Path, arguments: dict[str, dict[str, Any] | str],
                     args = {}
             if isinstance(args, str):
                 print(f"  {tool.name:<22}  {args}")
+                results[f"mcp {tool.name}"] = args.split(":")[0]
                 continue
             samples, reply = [], None
             for i in range(repeats + 1):
@@ -286,24 +298,28 @@ async def _mcp_round_trips(db: Path, arguments: dict[str, dict[str, Any] | str],
             text = "".join(getattr(c, "text", "") for c in reply.content)
             note = f"  ERROR: {text[:80]!r}" if reply.isError else ""
             p50, p95 = percentiles(samples)
+            results[f"mcp {tool.name}"] = (p50, p95) if not reply.isError else "error"
             print(f"  {tool.name:<22}{fmt_ms(p50)}{fmt_ms(p95)}{len(samples):>4}  {len(text):>11,}{note}")
+    return results
 
 
-def mcp_section(db: Path, meta: dict[str, Any], idx: FailureIndex, repeats: int) -> None:
+def mcp_section(db: Path | str, meta: dict[str, Any], idx: FailureIndex,
+                repeats: int) -> dict[str, tuple[float, float] | str]:
     try:
         present = importlib.util.find_spec("hive_otel_failures.faces.mcp_server") is not None
     except ImportError:
         present = False
     if not present or importlib.util.find_spec("mcp") is None:
         print("  skipped: hive_otel_failures.faces.mcp_server (or the mcp package) is not in this version")
-        return
+        return {}
     try:
-        asyncio.run(_mcp_round_trips(db, mcp_arguments(meta, idx), repeats))
+        return asyncio.run(_mcp_round_trips(db, mcp_arguments(meta, idx), repeats))
     except Exception as exc:  # noqa: BLE001 - a server still being written: say so, go on
         print(f"  failed: {exc!r}"[:300])
+        return {}
 
 
-def turn_context_section(db: Path, repeats: int) -> None:
+def turn_context_section(db: Path | str, repeats: int) -> dict[str, tuple[float, float] | str]:
     """The Queen's turn-context plugin as Hive calls it: ``await plugin.context(queen_id, message)``."""
     os.environ["HIVE_FAILURES_DB"] = str(db)
     from hive_otel_failures.faces.turn_context import FailureAdviceContext
@@ -329,29 +345,184 @@ def turn_context_section(db: Path, repeats: int) -> None:
     size = len((text or "").encode("utf-8"))
     print(f"  turn context: first call {fmt_ms(first).strip()} ms (opens the index), then p50 {fmt_ms(p50).strip()} "
           f"ms, p95 {fmt_ms(p95).strip()} ms over {len(samples)} turns; reminder {size} bytes")
+    return {"turn context (warm)": (p50, p95)}
 
 
 # --- main ----------------------------------------------------------------------------------------------------
-def print_build(size: str, meta: dict[str, Any], built_now: bool) -> None:
+Results = dict[str, tuple[float, float] | str]
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} cores)"
+
+
+def print_build(size: str, meta: dict[str, Any], built_now: bool, current_bytes: int | None = None) -> None:
     how = "built now" if built_now else f"cached, built {meta['built_at'][:16]}Z"
     print(f"  {meta['failures']:,} failures, {meta['runs']:,} runs ({meta['failed_runs']:,} failed); {how} "
           f"in {meta['seconds_total']:.0f} s by code {meta['code']}")
     print(f"  write path: add_prepared {meta['failures_per_s']:,.0f} failures/s "
           f"({meta['seconds_add_failures']:.1f} s), {meta['runs_per_s']:,.0f} runs/s "
           f"({meta['seconds_add_runs']:.1f} s), "
-          f"batches of {meta['batch']}; generating + OTLP lines took the rest")
-    print(f"  index {human_bytes(meta['db_bytes'])} ({meta['db_bytes'] / meta['failures'] / 1024:.2f} KB per failure "
-          f"with its run rows); OTLP file {human_bytes(meta['otlp_bytes'])} ({meta['otlp_lines']:,} lines)")
+          f"batches of {meta['batch']}; generating{' + OTLP lines' if meta['otlp_bytes'] else ''} took the rest")
+    where = "database" if meta.get("backend") == "postgresql" else "index"
+    now = (f", {human_bytes(current_bytes)} now" if current_bytes is not None and current_bytes != meta["db_bytes"]
+           else "")
+    otlp = (f"; OTLP file {human_bytes(meta['otlp_bytes'])} ({meta['otlp_lines']:,} lines)" if meta["otlp_bytes"]
+            else "")
+    print(f"  {where} {human_bytes(meta['db_bytes'])} as built{now} "
+          f"({meta['db_bytes'] / meta['failures'] / 1024:.2f} KB per failure with its run rows){otlp}")
+
+
+def sqlite_section(size: str, sizes: list[str], meta: dict[str, Any], built_now: bool,
+                   args: argparse.Namespace) -> tuple[Results, dict[str, Any]]:
+    paths = data.paths(size)
+    print_build(size, meta, built_now, paths["db"].stat().st_size)
+    if args.build_only:
+        return {}, meta
+    before = sqlite3.connect(paths["db"]).execute("PRAGMA user_version").fetchone()[0]
+    if before < LATEST_VERSION and "schema.py" in data.code_version():
+        # An uncommitted migration may still change: migrate a copy, keep the cache at a shipped schema.
+        scratch = paths["db"].with_name(paths["db"].stem + "-scratch.db")
+        print(f"  schema v{before} -> v{LATEST_VERSION} is uncommitted here: copying the index to {scratch.name}")
+        shutil.copyfile(paths["db"], scratch)
+        paths["db"] = scratch
+    t0 = time.perf_counter()
+    if before < LATEST_VERSION:  # a reader never migrates: the writer's open does, once
+        FailureIndex(paths["db"]).close()
+    migrating = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    idx = FailureIndex(paths["db"], create=False)
+    opened = time.perf_counter() - t0
+    after = idx.schema_version
+    migrated = (f", migrated schema v{before} -> v{after} in {migrating:.0f} s" if after != before
+                else f", schema v{after}")
+    print(f"  open: {opened * 1000:.0f} ms{migrated}; {load_average()}")
+    results = run_queries(idx, meta, args.repeats)
+    picked = meta["picked"]
+    print(f"  (agent {picked['agent']}, diagnose {picked['frequent_fp']}, fix_effect {picked['resolved_fp']})")
+    if not args.no_scan:
+        scan_repeats = {"10k": 5, "100k": 3}.get(size, 1)
+        print(f"  the same group-bys by scanning {paths['otlp'].name} (json.loads per line), "
+              f"{'once' if scan_repeats == 1 else f'median of {scan_repeats}'}:")
+        compare_scan(idx, paths["otlp"], results, scan_repeats)
+    results.update(turn_context_section(paths["db"], args.repeats))
+    if not args.no_mcp and size == sizes[-1]:
+        print(f"  MCP tool round trips over stdio on the {size} index:")
+        results.update(mcp_section(paths["db"], meta, idx, min(args.repeats, 20)))
+    idx.close()
+    return results, meta
+
+
+def postgres_section(server: Any, size: str, sizes: list[str], end: float | None,
+                     args: argparse.Namespace) -> tuple[Results, dict[str, Any]]:
+    """The same data into a fresh database of the throwaway server (same add_prepared batches), then the same calls."""
+    import psycopg
+
+    url = server.database()
+    same = "the SQLite cache's data (same end)" if end is not None else "data ending now"
+    print(f"  building {same} into {url.rsplit('/', 1)[1]}; {load_average()}", flush=True)
+    meta = data.build(size, log=lambda m: print(m, flush=True), target=url, end=end)
+    print_build(size, meta, True)
+    print(f"  {load_average()}")
+    if args.build_only:
+        server.drop(url)
+        return {}, meta
+    # What autovacuum does to an insert-only table sooner or later: statistics and the visibility map.
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+        sizes_now = conn.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+            "c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "ORDER BY 2 DESC LIMIT 6").fetchall()
+    print(f"  VACUUM (ANALYZE) {time.perf_counter() - t0:.0f} s; largest tables with indexes and TOAST: "
+          + ", ".join(f"{name} {human_bytes(n)}" for name, n in sizes_now))
+    t0 = time.perf_counter()
+    idx = hof_open_index(url, create=False)
+    print(f"  open: {(time.perf_counter() - t0) * 1000:.0f} ms, schema v{idx.schema_version}; {load_average()}")
+    results = run_queries(idx, meta, args.repeats)
+    picked = meta["picked"]
+    print(f"  (agent {picked['agent']}, diagnose {picked['frequent_fp']}, fix_effect {picked['resolved_fp']})")
+    results.update(turn_context_section(url, args.repeats))
+    if not args.no_mcp and size == sizes[-1]:
+        print(f"  MCP tool round trips over stdio on the {size} database:")
+        results.update(mcp_section(url, meta, idx, min(args.repeats, 20)))
+    idx.close()
+    explain_slow(server, url, meta, results, args.explain_ms)
+    server.drop(url)
+    return results, meta
+
+
+def explain_slow(server: Any, url: str, meta: dict[str, Any], results: Results, threshold_ms: float) -> None:
+    """One more call of each query whose p50 is over its target, under auto_explain: the server log's plans."""
+    slow = [label for label, r in results.items() if isinstance(r, tuple) and label in TARGET_MS
+            and r[0] * 1000 > TARGET_MS[label]]
+    if not slow:
+        print("  every query's p50 within its target: no plans")
+        return
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    log = Path(server.dir) / "log"
+    with psycopg.connect(url, autocommit=True) as conn:
+        for setting, value in (("session_preload_libraries", "auto_explain"),
+                               ("auto_explain.log_min_duration", f"{threshold_ms:g}ms"),
+                               ("auto_explain.log_analyze", "on"), ("auto_explain.log_buffers", "on")):
+            conn.execute(f'ALTER DATABASE "{name}" SET {setting} = \'{value}\'')
+    start = log.stat().st_size
+    idx = hof_open_index(url, create=False)  # new connections: the settings apply
+    try:
+        calls = {label: call for label, _, call in query_plan(idx, dict(meta)) if call is not None}
+        for label in slow:
+            calls[label]()
+    finally:
+        idx.close()
+    with open(log, encoding="utf-8", errors="replace") as f:
+        f.seek(start)
+        text = f.read()
+    print(f"  plans (auto_explain, over {threshold_ms:g} ms) of one more call of {', '.join(slow)}:")
+    for line in text.splitlines():
+        print("    " + line)
+
+
+def side_by_side(size: str, columns: dict[str, tuple[Results, dict[str, Any]]]) -> None:
+    names = list(columns)
+    print(f"\n== {size}: side by side (p50 / p95 ms; warm calls)")
+    width = 22
+    print(f"  {'':<26}" + "".join(f"{n:>{width}}" for n in names) + "  target")
+    labels: list[str] = []
+    for results, _ in columns.values():
+        labels += [k for k in results if k not in labels]
+
+    def cell(v: Any) -> str:
+        if isinstance(v, tuple):
+            return f"{v[0] * 1000:.1f} / {v[1] * 1000:.1f}"
+        return "-" if v is None else str(v)[:width - 2]
+
+    for label in labels:
+        target = (f"<= {TARGET_MS[label]}" if label in TARGET_MS else
+                  f"<= {MCP_TARGET_MS}" if label.startswith("mcp ") else "")
+        print(f"  {label:<26}" + "".join(f"{cell(columns[n][0].get(label)):>{width}}" for n in names) + f"  {target}")
+    for what, fn in (("failures / runs", lambda m: f"{m['failures']:,} / {m['runs']:,}"),
+                     ("build failures/s", lambda m: f"{m['failures_per_s']:,.0f}"),
+                     ("build runs/s", lambda m: f"{m['runs_per_s']:,.0f}"),
+                     ("size as built", lambda m: human_bytes(m["db_bytes"]))):
+        print(f"  {what:<26}" + "".join(f"{fn(columns[n][1]):>{width}}" for n in names))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10k,100k,1M", help="comma-separated: 10k, 100k, 1M")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="sqlite",
+                        help="the cached SQLite index, a throwaway PostgreSQL server built now, or both side by side")
     parser.add_argument("--rebuild", action="store_true", help="build the caches again (after a generator change)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per query after a warm-up")
     parser.add_argument("--build-only", action="store_true", help="the build and its write-path figures only")
     parser.add_argument("--no-scan", action="store_true", help="skip the OTLP file scans")
     parser.add_argument("--no-mcp", action="store_true", help="skip the MCP round trips")
+    parser.add_argument("--explain-ms", type=float, default=50,
+                        help="PostgreSQL: log the plans (auto_explain, analyze) of statements over this in one more "
+                             "call of each query over its target, and print them")
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in data.SIZES]
@@ -359,45 +530,37 @@ def main() -> None:
         parser.error(f"unknown sizes {unknown}: use {', '.join(data.SIZES)}")
     import hive_otel_failures
 
-    print(f"code: {data.code_version()}  (package at {Path(hive_otel_failures.__file__).parent})")
-    for size in sizes:
-        print(f"\n== {size}")
-        meta, built_now = data.load_or_build(size, args.rebuild, log=lambda m: print(m, flush=True))
-        print_build(size, meta, built_now)
-        if args.build_only:
-            continue
-        paths = data.paths(size)
-        before = sqlite3.connect(paths["db"]).execute("PRAGMA user_version").fetchone()[0]
-        if before < LATEST_VERSION and "schema.py" in data.code_version():
-            # An uncommitted migration may still change: migrate a copy, keep the cache at a shipped schema.
-            scratch = paths["db"].with_name(paths["db"].stem + "-scratch.db")
-            print(f"  schema v{before} -> v{LATEST_VERSION} is uncommitted here: copying the index to {scratch.name}")
-            shutil.copyfile(paths["db"], scratch)
-            paths["db"] = scratch
-        t0 = time.perf_counter()
-        if before < LATEST_VERSION:  # a reader never migrates: the writer's open does, once
-            FailureIndex(paths["db"]).close()
-        migrating = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        idx = FailureIndex(paths["db"], create=False)
-        opened = time.perf_counter() - t0
-        after = idx.schema_version
-        migrated = (f", migrated schema v{before} -> v{after} in {migrating:.0f} s" if after != before
-                    else f", schema v{after}")
-        print(f"  open: {opened * 1000:.0f} ms{migrated}")
-        results = run_queries(idx, meta, args.repeats)
-        picked = meta["picked"]
-        print(f"  (agent {picked['agent']}, diagnose {picked['frequent_fp']}, fix_effect {picked['resolved_fp']})")
-        if not args.no_scan:
-            scan_repeats = {"10k": 5, "100k": 3}.get(size, 1)
-            print(f"  the same group-bys by scanning {paths['otlp'].name} (json.loads per line), "
-                  f"{'once' if scan_repeats == 1 else f'median of {scan_repeats}'}:")
-            compare_scan(idx, paths["otlp"], results, scan_repeats)
-        turn_context_section(paths["db"], args.repeats)
-        if not args.no_mcp and size == sizes[-1]:
-            print(f"  MCP tool round trips over stdio on the {size} index:")
-            mcp_section(paths["db"], meta, idx, min(args.repeats, 20))
-        idx.close()
+    print(f"code: {data.code_version()}  (package at {Path(hive_otel_failures.__file__).parent}); {load_average()}")
+    server = None
+    if args.backend != "sqlite":
+        from tests.pg_server import PostgresServer, find_bindir
+
+        bindir = find_bindir()
+        if bindir is None:
+            parser.error("no PostgreSQL binaries (initdb, pg_ctl): install postgresql or set the bindir variable "
+                         "tests/pg_server.py reads")
+        server = PostgresServer(bindir).start()
+        version = server._admin().execute("SHOW server_version").fetchone()[0]
+        print(f"PostgreSQL {version}: a throwaway server in {server.dir} (fsync off, synchronous_commit off)")
+    try:
+        for size in sizes:
+            print(f"\n== {size}")
+            columns: dict[str, tuple[Results, dict[str, Any]]] = {}
+            end = None
+            if args.backend in ("sqlite", "both"):
+                print("-- SQLite")
+                meta, built_now = data.load_or_build(size, args.rebuild, log=lambda m: print(m, flush=True))
+                end = meta["end"]
+                columns["SQLite"] = sqlite_section(size, sizes, meta, built_now, args)
+            if server is not None:
+                print("-- PostgreSQL")
+                columns["PostgreSQL"] = postgres_section(server, size, sizes, end, args)
+            if len(columns) > 1 or args.backend == "postgresql":
+                side_by_side(size, columns)
+            print(f"  {load_average()}")
+    finally:
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":
