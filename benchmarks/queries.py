@@ -413,8 +413,8 @@ def sqlite_section(size: str, sizes: list[str], meta: dict[str, Any], built_now:
     return results, meta
 
 
-def postgres_section(server: Any, size: str, sizes: list[str], end: float | None,
-                     args: argparse.Namespace) -> tuple[Results, dict[str, Any]]:
+def postgres_section(server: Any, size: str, sizes: list[str], end: float | None, args: argparse.Namespace,
+                     reference: Results | None = None) -> tuple[Results, dict[str, Any]]:
     """The same data into a fresh database of the throwaway server (same add_prepared batches), then the same calls."""
     import psycopg
 
@@ -448,17 +448,23 @@ def postgres_section(server: Any, size: str, sizes: list[str], end: float | None
         print(f"  MCP tool round trips over stdio on the {size} database:")
         results.update(mcp_section(url, meta, idx, min(args.repeats, 20)))
     idx.close()
-    explain_slow(server, url, meta, results, args.explain_ms)
+    explain_slow(server, url, meta, results, args.explain_ms, reference or {})
     server.drop(url)
     return results, meta
 
 
-def explain_slow(server: Any, url: str, meta: dict[str, Any], results: Results, threshold_ms: float) -> None:
-    """One more call of each query whose p50 is over its target, under auto_explain: the server log's plans."""
-    slow = [label for label, r in results.items() if isinstance(r, tuple) and label in TARGET_MS
-            and r[0] * 1000 > TARGET_MS[label]]
+def explain_slow(server: Any, url: str, meta: dict[str, Any], results: Results, threshold_ms: float,
+                 reference: Results) -> None:
+    """One more call, under auto_explain, of each query whose p50 is over its target or over twice (and 5 ms
+    more than) SQLite's: the server log's plans of its statements over ``threshold_ms``."""
+    def over(label: str, r: Any) -> bool:
+        ref = reference.get(label)
+        return isinstance(r, tuple) and (r[0] * 1000 > TARGET_MS.get(label, math.inf) or (
+            isinstance(ref, tuple) and r[0] > 2 * ref[0] and r[0] - ref[0] > 0.005))
+
+    slow = [label for label, r in results.items() if not label.startswith(("mcp ", "turn ")) and over(label, r)]
     if not slow:
-        print("  every query's p50 within its target: no plans")
+        print("  every query's p50 within its target and within twice SQLite's: no plans")
         return
     import psycopg
 
@@ -488,7 +494,7 @@ def explain_slow(server: Any, url: str, meta: dict[str, Any], results: Results, 
 def side_by_side(size: str, columns: dict[str, tuple[Results, dict[str, Any]]]) -> None:
     names = list(columns)
     print(f"\n== {size}: side by side (p50 / p95 ms; warm calls)")
-    width = 22
+    width = 24
     print(f"  {'':<26}" + "".join(f"{n:>{width}}" for n in names) + "  target")
     labels: list[str] = []
     for results, _ in columns.values():
@@ -554,7 +560,8 @@ def main() -> None:
                 columns["SQLite"] = sqlite_section(size, sizes, meta, built_now, args)
             if server is not None:
                 print("-- PostgreSQL")
-                columns["PostgreSQL"] = postgres_section(server, size, sizes, end, args)
+                reference = columns["SQLite"][0] if "SQLite" in columns else None
+                columns["PostgreSQL"] = postgres_section(server, size, sizes, end, args, reference)
             if len(columns) > 1 or args.backend == "postgresql":
                 side_by_side(size, columns)
             print(f"  {load_average()}")
