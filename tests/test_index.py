@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import hive_otel_failures as hof
+from hive_otel_failures.index.sqlite import _BEHIND_GAP
 from hive_otel_failures.index import index_path
 from hive_otel_failures.index.schema import LATEST_VERSION
 from hive_otel_failures.record import prepare, to_attributes
@@ -182,6 +183,7 @@ def test_sqlite_snapshots_are_deflated_and_read_back_through_the_blobs_view(db_p
     with hof.open_index(db_path, create=True) as writer, hof.open_index(db_path, create=False) as early_reader:
         writer.add([failure(i, input_context={"row": i}) for i in range(2)])  # too little text for a dictionary
         assert writer._db.fetchall("SELECT count(*) FROM blob_dicts") == [(0,)]
+        time.sleep(2 * _BEHIND_GAP)  # a writer that keeps up (one behind stores snapshots as they are: below)
         writer.add([failure(i, input_context=contexts[i]) for i in range(2, 40)])
         assert writer._db.fetchall("SELECT id FROM blob_dicts") == [(1,)]
         stored, text = writer._db.fetchone("SELECT sum(length(z)), sum(length(CAST(content AS BLOB))) FROM blobs "
@@ -197,6 +199,24 @@ def test_sqlite_snapshots_are_deflated_and_read_back_through_the_blobs_view(db_p
     conn = sqlite3.connect(db_path)  # without the package's functions: the deflated rows are still counted
     assert conn.execute("SELECT count(*) FROM blob_z").fetchone() == (41,)
     conn.close()
+
+
+def test_a_writer_behind_stores_snapshots_as_they_are_and_deflates_them_once_it_keeps_up(db_path: Path) -> None:
+    """Back-to-back batches (a backlog) skip deflating; the next batch after a pause deflates what they left."""
+    contexts = [{"row": i, "text": f"order {i} of customer {i * 7} awaits a refund " * 20} for i in range(60)]
+    with hof.open_index(db_path, create=True) as writer:
+        writer.add([failure(i, input_context=contexts[i]) for i in range(20)])
+        for start in (20, 30, 40):  # behind: each batch starts right after the previous one
+            writer.add([failure(i, input_context=contexts[i]) for i in range(start, start + 10)])
+        heads = [z[0] for (z,) in writer._db.fetchall("SELECT z FROM blob_z")]
+        assert heads.count(0xFF) == 30 and len(heads) == 50  # stored as their text, and read as before
+        assert sorted(r.input_context["row"] for r in writer.recent(limit=100)) == list(range(50))
+        time.sleep(2 * _BEHIND_GAP)
+        writer.add([failure(i, input_context=contexts[i]) for i in range(50, 60)])  # keeps up: catches up
+        heads = [z[0] for (z,) in writer._db.fetchall("SELECT z FROM blob_z")]
+        assert 0xFF not in heads and len(heads) == 60
+        assert {r.session_id: r.input_context for r in writer.recent(limit=100)} == {
+            f"s{i}": contexts[i] for i in range(60)}
 
 
 def test_the_writers_deflate_without_the_gil_gives_what_pythons_zlib_gives() -> None:

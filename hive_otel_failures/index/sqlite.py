@@ -10,7 +10,9 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,6 +112,16 @@ _LEVEL = 3
 _DICT_BYTES = 32 * 1024  # deflate's window: the dictionary's tail beyond it would not be seen
 _DICT_FROM = 16 * 1024  # snapshot text a batch needs for the file's dictionary to be made from it
 _RECENT = 4096  # deflated snapshots kept by sha256: an agent's graph snapshot recurs in every batch
+# A writer that is behind stores its snapshots as they are and deflates them once it keeps up:
+# deflating on the writer's thread costs ~30 us a failure under the GIL, and beside busy
+# application threads (a storm) that made the writer index a quarter less. "Behind" is a batch
+# that starts within _BEHIND_GAP of the previous one's end (a writer that keeps up waits about a
+# flush interval, 200 ms, between batches); a batch that is not behind also deflates up to
+# _CATCH_UP snapshots stored as they were, by this writer.
+_RAW = 0xFF  # z's first byte for a snapshot stored as its UTF-8 text (dictionary ids are small)
+_RAW_HEAD = bytes((_RAW,))
+_BEHIND_GAP = 0.05
+_CATCH_UP = 512
 
 
 def deflate(text: str, level: int = _LEVEL) -> bytes:
@@ -157,6 +169,8 @@ class _Blobs:
         """``hof_inflate``: the JSON text of a z."""
         if z is None:
             return None
+        if z[0] == _RAW:
+            return z[1:].decode("utf-8")
         if not z[0]:
             return zlib.decompress(z[1:], -15).decode("utf-8")
         zdict = self.dicts.get(z[0])
@@ -218,6 +232,8 @@ class SQLiteBackend(Backend):
         self.location = str(path)
         self._lock = threading.RLock()
         self._batch_ready = False  # the temp objects add_batch writes through exist on this connection
+        self._batch_end = 0.0  # when the last batch was written (monotonic): is the writer behind?
+        self._raw: deque[str] = deque(maxlen=200_000)  # snapshots this writer stored undeflated, oldest first
         if not self.path.exists():
             if not create:
                 raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
@@ -314,9 +330,14 @@ class SQLiteBackend(Backend):
             codec = self._blobs
             if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
                 self._make_dict(rows.blobs)
+            behind = time.monotonic() - self._batch_end < _BEHIND_GAP
             blobs, zs, at = [], [], 1
             for sha, text, size in rows.blobs:
-                z = codec.deflate(sha, text)
+                if behind:
+                    z = _RAW_HEAD + text.encode("utf-8")
+                    self._raw.append(sha)
+                else:
+                    z = codec.deflate(sha, text)
                 blobs.append((sha, at, len(z), size))
                 zs.append(z)
                 at += len(z)
@@ -324,7 +345,29 @@ class SQLiteBackend(Backend):
             # One statement, so its own transaction: it takes the write lock before it reads (the
             # busy timeout applies) and commits or rolls back whole.
             self._conn.execute("INSERT INTO batch_in (failures, blobs, runs, zs) VALUES (?, ?, ?, ?)", batch)
-            return self._conn.execute("SELECT added FROM batch_mark").fetchone()[0]
+            added = self._conn.execute("SELECT added FROM batch_mark").fetchone()[0]
+            if not behind and self._raw:
+                self._catch_up()
+            self._batch_end = time.monotonic()
+            return added
+
+    def _catch_up(self) -> None:
+        """Deflate up to _CATCH_UP snapshots this writer stored as they were; on an error they stay so."""
+        shas = [self._raw.popleft() for _ in range(min(_CATCH_UP, len(self._raw)))]
+        try:
+            stored = self._conn.execute(f"SELECT sha256, z FROM blob_z WHERE sha256 IN ({', '.join('?' * len(shas))})",
+                                        shas).fetchall()
+            deflated = [(self._blobs.deflate(sha, z[1:].decode("utf-8")), sha) for sha, z in stored if z[0] == _RAW]
+            if deflated:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.executemany("UPDATE blob_z SET z = ? WHERE sha256 = ?", deflated)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+        except sqlite3.Error:
+            pass  # readable as they are: deflating them is only a saving
 
     def _make_dict(self, blobs: list[tuple[str, str, int]]) -> None:
         """The file's dictionary, from this batch's snapshots (or the one another writer made first)."""
