@@ -448,13 +448,14 @@ def postgres_section(server: Any, size: str, sizes: list[str], end: float | None
         print(f"  MCP tool round trips over stdio on the {size} database:")
         results.update(mcp_section(url, meta, idx, min(args.repeats, 20)))
     idx.close()
-    explain_slow(server, url, meta, results, args.explain_ms, reference or {})
+    explain_slow(server, url, meta, results, args.explain_ms, reference or {},
+                 [x.strip() for x in args.explain.split(",") if x.strip()])
     server.drop(url)
     return results, meta
 
 
 def explain_slow(server: Any, url: str, meta: dict[str, Any], results: Results, threshold_ms: float,
-                 reference: Results) -> None:
+                 reference: Results, anyway: list[str]) -> None:
     """One more call, under auto_explain, of each query whose p50 is over its target or over twice (and 5 ms
     more than) SQLite's: the server log's plans of its statements over ``threshold_ms``."""
     def over(label: str, r: Any) -> bool:
@@ -462,7 +463,8 @@ def explain_slow(server: Any, url: str, meta: dict[str, Any], results: Results, 
         return isinstance(r, tuple) and (r[0] * 1000 > TARGET_MS.get(label, math.inf) or (
             isinstance(ref, tuple) and r[0] > 2 * ref[0] and r[0] - ref[0] > 0.005))
 
-    slow = [label for label, r in results.items() if not label.startswith(("mcp ", "turn ")) and over(label, r)]
+    slow = [label for label, r in results.items() if not label.startswith(("mcp ", "turn "))
+            and (over(label, r) or label in anyway)]
     if not slow:
         print("  every query's p50 within its target and within twice SQLite's: no plans")
         return
@@ -489,6 +491,8 @@ def explain_slow(server: Any, url: str, meta: dict[str, Any], results: Results, 
     print(f"  plans (auto_explain, over {threshold_ms:g} ms) of one more call of {', '.join(slow)}:")
     for line in text.splitlines():
         print("    " + line)
+    if not text.strip():
+        print(f"    (no statement took over {threshold_ms:g} ms: lower --explain-ms)")
 
 
 def side_by_side(size: str, columns: dict[str, tuple[Results, dict[str, Any]]]) -> None:
@@ -526,7 +530,9 @@ def main() -> None:
     parser.add_argument("--build-only", action="store_true", help="the build and its write-path figures only")
     parser.add_argument("--no-scan", action="store_true", help="skip the OTLP file scans")
     parser.add_argument("--no-mcp", action="store_true", help="skip the MCP round trips")
-    parser.add_argument("--explain-ms", type=float, default=50,
+    parser.add_argument("--explain", default="", help="PostgreSQL: comma-separated query labels to explain anyway, "
+                        "e.g. 'advise(agent),diagnose(fp)'")
+    parser.add_argument("--explain-ms", type=float, default=2,
                         help="PostgreSQL: log the plans (auto_explain, analyze) of statements over this in one more "
                              "call of each query over its target, and print them")
     args = parser.parse_args()
@@ -553,6 +559,9 @@ def main() -> None:
             print(f"\n== {size}")
             columns: dict[str, tuple[Results, dict[str, Any]]] = {}
             end = None
+            cached = data.paths(size)["meta"]
+            if args.backend == "postgresql" and cached.exists():  # the same data as the SQLite cache's
+                end = json.loads(cached.read_text())["end"]
             if args.backend in ("sqlite", "both"):
                 print("-- SQLite")
                 meta, built_now = data.load_or_build(size, args.rebuild, log=lambda m: print(m, flush=True))
