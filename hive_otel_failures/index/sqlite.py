@@ -151,6 +151,10 @@ class _Blobs:
             self._head = bytes((self.dict_id,))
             self._recent.clear()
 
+    def deflated(self, sha: str) -> bytes | None:
+        """The z this writer deflated for ``sha`` lately, if any."""
+        return self._recent.get(sha)
+
     def deflate(self, sha: str, text: str) -> bytes:
         recent = self._recent
         z = recent.pop(sha, None)
@@ -333,11 +337,11 @@ class SQLiteBackend(Backend):
             behind = time.monotonic() - self._batch_end < _BEHIND_GAP
             blobs, zs, at = [], [], 1
             for sha, text, size in rows.blobs:
-                if behind:
+                if not behind:
+                    z = codec.deflate(sha, text)
+                elif (z := codec.deflated(sha)) is None:  # an agent's graph recurs: deflated already
                     z = _RAW_HEAD + text.encode("utf-8")
                     self._raw.append(sha)
-                else:
-                    z = codec.deflate(sha, text)
                 blobs.append((sha, at, len(z), size))
                 zs.append(z)
                 at += len(z)
