@@ -404,9 +404,7 @@ def from_attributes(attributes: Mapping[str, Any]) -> FailureRecord:
 
 # What each attribute of a prepared record is, as to_attributes writes it: the ingest takes a
 # producer's prepared event as it is when it checks out (a model round trip costs ~200 us).
-_TEXT_FIELDS = frozenset({"failure_id", "session_id", "agent_id", "node_id", "error_type", "error_message",
-                          "traceback", "trace_id", "span_id", "agent_version", "fingerprint", "resolution",
-                          "input_context", "memory_snapshot", "graph_snapshot"})
+_TEXT_FIELDS = frozenset(_ID_FIELDS) | {"error_type", "error_message", "traceback", "resolution"}
 _BOOL_FIELDS = frozenset({"transient", "evolution_triggered"})
 _LIST_ITEMS: dict[str, Any] = {}  # judge_feedback, tool_calls -> their TypeAdapter, built on first use
 
