@@ -470,16 +470,8 @@ def as_prepared(attributes: Mapping[str, Any], limits: Limits) -> dict[str, Attr
 
 
 def _storable(text: str) -> bool:
-    """What ``scrub.encodable`` leaves as it is."""
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return True
+    """What ``scrub.encodable`` leaves as it is (the same object when it is ASCII without a NUL)."""
+    return encodable(text) == text
 
 
 def _in_range(stamp: str) -> bool:
