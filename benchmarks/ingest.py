@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
-from tests.pg_server import PostgresServer, find_bindir  # noqa: E402
+from tests.pg_server import PostgresServer, find_bindir, free_port  # noqa: E402
 
 EXPORTED = "exported"  # the producer's mode: plain SDK + OTLP exporter
 LOCAL = "local"  # the producer's mode: hof.configure(), its own SQLite index
@@ -82,12 +81,6 @@ else:
 print("done", flush=True)
 os._exit(0)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ingest_stats(port: int) -> dict:

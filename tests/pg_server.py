@@ -41,7 +41,7 @@ def find_bindir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -77,7 +77,7 @@ class PostgresServer:
                   "--no-sync")
         last_error = ""
         for _ in range(5):  # another process may take the free port before the server does
-            port = _free_port()
+            port = free_port()
             options = (f"-h 127.0.0.1 -p {port} -k {self.dir} -F -c full_page_writes=off "
                        "-c synchronous_commit=off -c max_connections=200")
             done = self._run("pg_ctl", "-D", str(data), "-l", str(self.dir / "log"), "-o", options, "-w", "-t",
