@@ -27,8 +27,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hive_otel_failures"
 COMMANDS = (["--help"], ["patterns", "--json"], ["list"], ["stats", "--json"])
 BASELINES = {
     "python -c pass": [sys.executable, "-c", "pass"],
-    "python -c 'import typer, rich.console, pydantic.main'": [
-        sys.executable, "-c", "import typer, typer._adapters, rich.console, pydantic.main"],
+    "python -c 'import click, pydantic.main'": [sys.executable, "-c", "import click, pydantic.main"],
 }
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from hive_otel_failures.faces.cli import app
 from hive_otel_failures.faces.queen import install, uninstall

@@ -14,21 +14,15 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import typer
-from typer.core import TyperGroup
+import click
 
 if TYPE_CHECKING:  # imported by the commands that use them: --help and --json answers stay fast
     from rich.console import Console
 
     from ..index import FailureIndex, Pattern
     from ..record import FailureRecord
-
-try:  # typer >= 0.22 carries its own copy of click
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click.exceptions import ClickException
 
 EXIT_NOT_FOUND = 1
 EXIT_BAD_INPUT = 2
@@ -42,22 +36,30 @@ EPILOG = ("Exit codes: 0 done; 1 not found (no failure or pattern has that id or
           'a bad option). With --json, errors are JSON on stdout too: {"error": "...", "code": N}.')
 
 
-class _JsonErrorsGroup(TyperGroup):
-    """Usage errors of a command run with ``--json`` (a bad option value, say) come out as JSON as well."""
+class _JsonErrorsGroup(click.Group):
+    """Usage errors of a command run with ``--json`` (a bad option value, say) come out as JSON as well.
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    The list of commands gives each one's first sentence whole, wrapped, rather than cut at 80 columns.
+    """
+
+    group_class = type  # subgroups (queen) behave alike
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = [(name, command) for name in self.list_commands(ctx)
+                    if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        if commands:
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit=1000)) for name, command in commands])
+
+    def invoke(self, ctx: click.Context) -> Any:
         wants_json = "--json" in ctx.args
         try:
             return super().invoke(ctx)
-        except ClickException as exc:
+        except click.ClickException as exc:
             if not wants_json:
                 raise
             _echo_json_error(exc.format_message(), exc.exit_code)
-            raise typer.Exit(exc.exit_code) from None
-
-
-app = typer.Typer(cls=_JsonErrorsGroup, help="Query the local index of Hive agent failures.", epilog=EPILOG,
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+            raise click.exceptions.Exit(exc.exit_code) from None
 
 
 @functools.cache
@@ -79,12 +81,12 @@ def _err() -> Console:
     return Console(stderr=True, markup=False, emoji=False)
 
 
-# Help text is rich markup: "\[" keeps the bracket of [default: ...].
-Db = Annotated[Optional[str], typer.Option(
-    "--db", help="Index path, sqlite:/// or postgresql:// URL \\[default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")]
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (errors too).")]
-Agent = Annotated[Optional[str], typer.Option("--agent", help="Only this agent id.")]
-Since = Annotated[Optional[str], typer.Option("--since", help="Window: 30m, 24h, 7d or an ISO 8601 time.")]
+# Options most commands share; each use makes its own click.Option.
+db_option = click.option(
+    "--db", help="Index path, sqlite:/// or postgresql:// URL [default: HIVE_FAILURES_DB or $HIVE_HOME/failures.db]")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (errors too).")
+agent_option = click.option("--agent", help="Only this agent id.")
+since_option = click.option("--since", help="Window: 30m, 24h, 7d or an ISO 8601 time.")
 
 T = TypeVar("T")
 
@@ -98,15 +100,18 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _show_version(value: bool) -> None:
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
-        typer.echo(f"hive-failures {_package_version()}")
-        raise typer.Exit()
+        click.echo(f"hive-failures {_package_version()}")
+        ctx.exit()
 
 
-@app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
-                                                help="Print the package version and exit.")] = False) -> None:
+# Plain click, not typer: typer (>= 0.22) builds a pydantic TypeAdapter per option, and it and
+# its rich help took most of a query's start-up; click answers --help in a third of the time.
+@click.group("hive-failures", cls=_JsonErrorsGroup, epilog=EPILOG, context_settings={"show_default": True})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Print the package version and exit.")
+def app() -> None:
     """Query the local index of Hive agent failures."""
 
 
@@ -115,7 +120,7 @@ def _echo_json_error(message: str, code: int, candidates: Sequence[str] | None =
     payload: dict[str, Any] = {"error": message, "code": code}
     if candidates is not None:
         payload["candidates"] = list(candidates)
-    typer.echo(json.dumps(payload, ensure_ascii=False))
+    click.echo(json.dumps(payload, ensure_ascii=False))
 
 
 def _fail(message: str, code: int, as_json: bool, *, candidates: Sequence[str] | None = None,
@@ -129,7 +134,7 @@ def _fail(message: str, code: int, as_json: bool, *, candidates: Sequence[str] |
         _err().print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
         for line in details:
             _err().print(Text(f"  {line}"), soft_wrap=True)
-    raise typer.Exit(code)
+    raise click.exceptions.Exit(code)
 
 
 @contextmanager
@@ -241,7 +246,7 @@ def _emit_json(value: Any) -> None:
         data = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
     else:
         data = value
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _print_rows(title: str, columns: Sequence[tuple[str, int | None]], rows: Sequence[Sequence[str]]) -> None:
@@ -299,14 +304,16 @@ def _cut(text: str | None, n: int = 70) -> str:
 
 # --- commands -----------------------------------------------------------------------------------
 @app.command("list")
-def list_failures(db: Db = None, as_json: Json = False, agent: Agent = None,
-                  node: Annotated[Optional[str], typer.Option("--node", help="Only this node id.")] = None,
-                  error_type: Annotated[Optional[str],
-                                        typer.Option("--error-type", help="Only this error type.")] = None,
-                  session: Annotated[Optional[str], typer.Option("--session", help="Only this session id.")] = None,
-                  since: Since = None,
-                  limit: Annotated[int, typer.Option("--limit", min=0, help="At most this many failures.")] = 20
-                  ) -> None:
+@db_option
+@json_option
+@agent_option
+@click.option("--node", help="Only this node id.")
+@click.option("--error-type", help="Only this error type.")
+@click.option("--session", help="Only this session id.")
+@since_option
+@click.option("--limit", type=click.IntRange(min=0), default=20, help="At most this many failures.")
+def list_failures(db: str | None, as_json: bool, agent: str | None, node: str | None, error_type: str | None,
+                  session: str | None, since: str | None, limit: int) -> None:
     """The most recent failures, newest first."""
     with _index(db, as_json) as index:
         records = index.recent(agent_id=agent, node_id=node, error_type=error_type, session_id=session,
@@ -320,9 +327,14 @@ def list_failures(db: Db = None, as_json: Json = False, agent: Agent = None,
 
 
 @app.command()
-def show(failure_id: Annotated[str, typer.Argument(help="A failure id or a unique prefix (6+ chars).")],
-         db: Db = None, as_json: Json = False) -> None:
-    """One failure in full: error, attempts, judge feedback, context, tool calls, agent snapshot."""
+@click.argument("failure_id")
+@db_option
+@json_option
+def show(failure_id: str, db: str | None, as_json: bool) -> None:
+    """One failure in full: error, attempts, judge feedback, context, tool calls, agent snapshot.
+
+    FAILURE_ID is a failure id or a unique prefix (6+ chars).
+    """
     with _index(db, as_json) as index:
         record = _find_failure(index, failure_id, as_json)
     if as_json:
@@ -341,9 +353,12 @@ def show(failure_id: Annotated[str, typer.Argument(help="A failure id or a uniqu
 
 
 @app.command()
-def patterns(db: Db = None, as_json: Json = False, agent: Agent = None, since: Since = None,
-             limit: Annotated[int, typer.Option("--limit", min=0, help="At most this many patterns.")] = 50
-             ) -> None:
+@db_option
+@json_option
+@agent_option
+@since_option
+@click.option("--limit", type=click.IntRange(min=0), default=50, help="At most this many patterns.")
+def patterns(db: str | None, as_json: bool, agent: str | None, since: str | None, limit: int) -> None:
     """Failures grouped by fingerprint: what keeps failing, where, since when, what was done."""
     with _index(db, as_json) as index:
         found = index.patterns(agent_id=agent, since=since, limit=limit)
@@ -362,7 +377,11 @@ def patterns(db: Db = None, as_json: Json = False, agent: Agent = None, since: S
 
 
 @app.command()
-def stats(db: Db = None, as_json: Json = False, agent: Agent = None, since: Since = None) -> None:
+@db_option
+@json_option
+@agent_option
+@since_option
+def stats(db: str | None, as_json: bool, agent: str | None, since: str | None) -> None:
     """Runs, failed runs, failure rate and the nodes where failures happen."""
     with _index(db, as_json) as index:
         result = index.stats(agent_id=agent, since=since)
@@ -386,10 +405,12 @@ def stats(db: Db = None, as_json: Json = False, agent: Agent = None, since: Sinc
 
 
 @app.command()
-def advise(db: Db = None, as_json: Json = False, agent: Agent = None,
-           window: Annotated[str, typer.Option("--window", help="Look back this far: 24h, 7d, 2w.")] = "7d",
-           min_sessions: Annotated[int, typer.Option("--min-sessions", min=1,
-                                                     help="Sessions that make a pattern recurring.")] = 3) -> None:
+@db_option
+@json_option
+@agent_option
+@click.option("--window", default="7d", help="Look back this far: 24h, 7d, 2w.")
+@click.option("--min-sessions", type=click.IntRange(min=1), default=3, help="Sessions that make a pattern recurring.")
+def advise(db: str | None, as_json: bool, agent: str | None, window: str, min_sessions: int) -> None:
     """Patterns that warrant changing the agent (or a human), by Hive's evolution rules, with the evidence."""
     with _index(db, as_json) as index:
         found = index.advise(agent_id=agent, window=window, min_sessions=min_sessions)
@@ -414,12 +435,18 @@ def advise(db: Db = None, as_json: Json = False, agent: Agent = None,
                   f"next: hive-failures diagnose {a.fingerprint}")
 
 
-Fingerprint = Annotated[str, typer.Argument(help="A pattern fingerprint or a unique prefix (v1: may be left out).")]
+fingerprint_argument = click.argument("fingerprint")
 
 
 @app.command("fix-effect")
-def fix_effect(fingerprint: Fingerprint, db: Db = None, as_json: Json = False) -> None:
-    """Did each fix of a pattern work: its rate per run before the fix's version and from it on."""
+@fingerprint_argument
+@db_option
+@json_option
+def fix_effect(fingerprint: str, db: str | None, as_json: bool) -> None:
+    """Did each fix of a pattern work: its rate per run before the fix's version and from it on.
+
+    FINGERPRINT is a pattern fingerprint or a unique prefix (v1: may be left out).
+    """
     with _index(db, as_json) as index:
         result = _with_pattern(index, fingerprint, as_json, index.fix_effect)
     if as_json:
@@ -439,15 +466,20 @@ def fix_effect(fingerprint: Fingerprint, db: Db = None, as_json: Json = False) -
 
 
 @app.command()
-def resolve(fingerprint: Fingerprint,
-            resolution: Annotated[str, typer.Argument(help="What was done, e.g. 'added input validation'.")],
-            db: Db = None, as_json: Json = False,
-            agent_version: Annotated[Optional[str], typer.Option(
-                "--agent-version", help="The agent version that carries the fix; fix-effect compares runs from it on."
-            )] = None,
-            no_evolution: Annotated[bool, typer.Option(
-                "--no-evolution", help="Fixed without evolving the agent.")] = False) -> None:
-    """Record what was done about a pattern, so the next look does not start blind."""
+@fingerprint_argument
+@click.argument("resolution")
+@db_option
+@json_option
+@click.option("--agent-version",
+              help="The agent version that carries the fix; fix-effect compares runs from it on.")
+@click.option("--no-evolution", is_flag=True, help="Fixed without evolving the agent.")
+def resolve(fingerprint: str, resolution: str, db: str | None, as_json: bool, agent_version: str | None,
+            no_evolution: bool) -> None:
+    """Record what was done about a pattern, so the next look does not start blind.
+
+    FINGERPRINT is a pattern fingerprint or a unique prefix (v1: may be left out); RESOLUTION says
+    what was done, e.g. 'added input validation'.
+    """
     if not resolution.strip():
         _fail("a resolution needs a description of what was done", EXIT_BAD_INPUT, as_json)
     with _index(db, as_json) as index:
@@ -459,22 +491,27 @@ def resolve(fingerprint: Fingerprint,
 
 
 @app.command()
-def diagnose(fingerprint: Fingerprint, db: Db = None, as_json: Json = False,
-             budget: Annotated[int, typer.Option("--budget", min=1000, help="Size limit in characters.")] = 12_000
-             ) -> None:
-    """What a coding agent needs to change the agent for a pattern, in Markdown (or --json)."""
+@fingerprint_argument
+@db_option
+@json_option
+@click.option("--budget", type=click.IntRange(min=1000), default=12_000, help="Size limit in characters.")
+def diagnose(fingerprint: str, db: str | None, as_json: bool, budget: int) -> None:
+    """What a coding agent needs to change the agent for a pattern, in Markdown (or --json).
+
+    FINGERPRINT is a pattern fingerprint or a unique prefix (v1: may be left out).
+    """
     with _index(db, as_json) as index:
         result = _with_pattern(index, fingerprint, as_json, lambda fp: index.diagnose(fp, budget_chars=budget))
     if as_json:
         return _emit_json(result)
-    typer.echo(result.markdown)
+    click.echo(result.markdown)
 
 
 @app.command()
-def mcp(db: Db = None,
-        http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP on loopback, not stdio.")] = False,
-        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="The loopback port for --http.")] = 8765
-        ) -> None:
+@db_option
+@click.option("--http", is_flag=True, help="Serve streamable HTTP on loopback, not stdio.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, help="The loopback port for --http.")
+def mcp(db: str | None, http: bool, port: int) -> None:
     """Serve the index to the Queen (or any MCP client) as tools, over stdio by default."""
     from .mcp_server import serve
 
@@ -482,17 +519,16 @@ def mcp(db: Db = None,
 
 
 @app.command()
-def ingest(db: Db = None,
-           host: Annotated[str, typer.Option(
-               "--host", help="Address to listen on; off loopback HIVE_FAILURES_INGEST_TOKEN is required.")
-           ] = "127.0.0.1",
-           port: Annotated[int, typer.Option("--port", min=0, max=65535, help="OTLP/HTTP port.")] = 4318,
-           grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="OTLP/gRPC port.")] = 4317,
-           max_request_mib: Annotated[int, typer.Option(
-               "--max-request-mib", min=1, help="Largest request body accepted (compressed or not).")] = 16,
-           queue_size: Annotated[int, typer.Option(
-               "--queue-size", min=1, help="Records accepted but not yet committed; beyond, producers retry.")
-           ] = 20_000) -> None:
+@db_option
+@click.option("--host", default="127.0.0.1",
+              help="Address to listen on; off loopback HIVE_FAILURES_INGEST_TOKEN is required.")
+@click.option("--port", type=click.IntRange(0, 65535), default=4318, help="OTLP/HTTP port.")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=4317, help="OTLP/gRPC port.")
+@click.option("--max-request-mib", type=click.IntRange(min=1), default=16,
+              help="Largest request body accepted (compressed or not).")
+@click.option("--queue-size", type=click.IntRange(min=1), default=20_000,
+              help="Records accepted but not yet committed; beyond, producers retry.")
+def ingest(db: str | None, host: str, port: int, grpc_port: int, max_request_mib: int, queue_size: int) -> None:
     """Receive failures and run outcomes from many hosts over OTLP (HTTP and gRPC) into one index."""
     from .ingest import IngestError, serve
 
@@ -503,12 +539,14 @@ def ingest(db: Db = None,
         _fail(str(exc), EXIT_BAD_INPUT, False)
 
 
-queen = typer.Typer(help="Give Hive's Queen the failure tools.", no_args_is_help=True)
-app.add_typer(queen, name="queen")
+@app.group()
+def queen() -> None:
+    """Give Hive's Queen the failure tools."""
 
 
 @queen.command("install")
-def queen_install(db: Db = None) -> None:
+@db_option
+def queen_install(db: str | None) -> None:
     """Register the MCP server in Hive's MCP registry; the Queen loads it at her next session."""
     from .queen import install
 
@@ -524,7 +562,8 @@ def queen_uninstall() -> None:
 
 
 @app.command()
-def migrate(db: Db = None) -> None:
+@db_option
+def migrate(db: str | None) -> None:
     """Upgrade an index to this version's schema. Readers never do; at 1M failures it takes about half a minute."""
     from ..index import FailureIndexError, default_location, index_path, is_server
 
@@ -548,12 +587,12 @@ def _size(n: int) -> str:
 
 
 @app.command()
-def prune(older_than: Annotated[str, typer.Option(
-              "--older-than", help="Delete failures older than this (and runs that ended before): 90d, 12w, or "
-                                   "an ISO 8601 time.")],
-          db: Db = None, as_json: Json = False,
-          dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; delete nothing.")] = False
-          ) -> None:
+@click.option("--older-than", required=True,
+              help="Delete failures older than this (and runs that ended before): 90d, 12w, or an ISO 8601 time.")
+@db_option
+@json_option
+@click.option("--dry-run", is_flag=True, help="Say what would go; delete nothing.")
+def prune(older_than: str, db: str | None, as_json: bool, dry_run: bool) -> None:
     """Delete old failures, their unused snapshots and old runs; patterns, counters, rates and fixes stay."""
     with _index(db, as_json) as index:
         report = index.prune(older_than, dry_run=dry_run)
@@ -574,13 +613,14 @@ def _gzipped(path: str) -> bool:
 
 
 @app.command("export")
-def export_index(output: Annotated[str, typer.Argument(
-                     help="File to write (.gz compresses), or - for stdout.")] = "-",
-                 db: Db = None,
-                 as_json: Json = False) -> None:
+@click.argument("output", default="-")
+@db_option
+@json_option
+def export_index(output: str, db: str | None, as_json: bool) -> None:
     """Write the whole index as JSON lines (failures with content, runs, resolutions, patterns and counters).
 
-    With output to stdout the summary goes to stderr (as JSON with --json).
+    OUTPUT is the file to write (.gz compresses), or - for stdout; then the summary goes to stderr
+    (as JSON with --json).
     """
     import os
     import sys
@@ -616,7 +656,7 @@ def export_index(output: Annotated[str, typer.Argument(
                f"{_n(report.agents, 'agent')}" + ("" if to_stdout else f" to {output}"))
     if as_json:
         text = json.dumps(report.model_dump(mode="json"), indent=2)
-        typer.echo(text, err=to_stdout)
+        click.echo(text, err=to_stdout)
     elif to_stdout:
         _err().print(summary, soft_wrap=True)
     else:
@@ -624,12 +664,15 @@ def export_index(output: Annotated[str, typer.Argument(
 
 
 @app.command("import")
-def import_index(source: Annotated[str, typer.Argument(
-                     help="An export to read (.gz is decompressed), or - for stdin.")] = "-",
-                 db: Db = None, as_json: Json = False,
-                 batch_size: Annotated[int, typer.Option(
-                     "--batch-size", min=1, help="Failures written per transaction.")] = 1000) -> None:
-    """Read an export into the index (made if missing); what it holds already is skipped, so twice is once."""
+@click.argument("source", default="-")
+@db_option
+@json_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, help="Failures written per transaction.")
+def import_index(source: str, db: str | None, as_json: bool, batch_size: int) -> None:
+    """Read an export into the index (made if missing); what it holds already is skipped, so twice is once.
+
+    SOURCE is an export to read (.gz is decompressed), or - for stdin.
+    """
     import sys
 
 
@@ -665,7 +708,8 @@ def import_index(source: Annotated[str, typer.Argument(
 
 
 @app.command()
-def demo(db: Db = None) -> None:
+@db_option
+def demo(db: str | None) -> None:
     """The whole loop on real Hive (a scripted LLM: no key, no network): failures, advice, the Queen's fix, its
     effect, a regression."""
     try:
@@ -676,4 +720,4 @@ def demo(db: Db = None) -> None:
 
 
 def main() -> None:
-    app()
+    app(prog_name="hive-failures")
