@@ -392,8 +392,9 @@ def _timeout() -> float:
 class ConditionSet:
     """The conditions that apply to one run of one agent, ready to check each of its steps.
 
-    Built once per run (cheap: expressions are compiled once per process), so a Goal
-    changed by evolution is read afresh. Falsy when there is nothing to check.
+    Built once per run, so a Goal changed by evolution is read afresh; cheap, as each distinct
+    declaration is turned into a condition (and an expression compiled) once per process.
+    Falsy when there is nothing to check.
     """
 
     __slots__ = ("constraints", "criteria")
@@ -402,46 +403,23 @@ class ConditionSet:
         self.constraints: list[tuple[Condition, Any]] = []
         self.criteria: list[tuple[Condition, Any]] = []
         for constraint in getattr(goal, "constraints", None) or ():
-            self._add_constraint(constraint)
+            found = _built(("constraint", getattr(constraint, "id", ""), getattr(constraint, "check", ""),
+                            getattr(constraint, "constraint_type", "hard"), getattr(constraint, "category", "general"),
+                            getattr(constraint, "description", "")), _constraint)
+            if found is not None:
+                self.constraints.append(found)
         for criterion in getattr(goal, "success_criteria", None) or ():
-            self._add_criterion(criterion)
+            found = _built(("criterion", getattr(criterion, "id", ""), getattr(criterion, "metric", ""),
+                            getattr(criterion, "target", None), getattr(criterion, "check", None),
+                            getattr(criterion, "description", "")), _criterion)
+            if found is not None:
+                self.criteria.append(found)
         for condition in _user_conditions.values():
             if condition.agents is None or agent_id in condition.agents:
                 self.constraints.append((condition, condition.id))  # run as its registered check
 
     def __bool__(self) -> bool:
         return bool(self.constraints or self.criteria)
-
-    def _add_constraint(self, constraint: Any) -> None:
-        check = str(getattr(constraint, "check", "") or "").strip()
-        if check in _NOT_EVALUATED:
-            return
-        condition = Condition(
-            id=str(getattr(constraint, "id", "")), check=check,
-            hard=str(getattr(constraint, "constraint_type", "hard")).lower() != "soft",
-            category=str(getattr(constraint, "category", "general") or "general"),
-            description=str(getattr(constraint, "description", "") or ""))
-        self.constraints.append((condition, _prepared(condition)))
-
-    def _add_criterion(self, criterion: Any) -> None:
-        metric = str(getattr(criterion, "metric", "") or "")
-        target = getattr(criterion, "target", None)
-        if metric == "output_contains":
-            test: Any = lambda step: _output_contains(step.output, target)  # noqa: E731
-            check: Any = f"output contains {target!r}"
-        elif metric == "output_equals":
-            test = lambda step: _output_equals(step.output, target)  # noqa: E731
-            check = f"output equals {target!r}"
-        elif metric == "custom":
-            check = str(getattr(criterion, "check", None) or target or "").strip()
-            if check in _NOT_EVALUATED:
-                return
-            test = None
-        else:  # llm_judge (Hive's judge decides) and metrics this package does not know
-            return
-        condition = Condition(id=str(getattr(criterion, "id", "")), check=check, criterion=True,
-                              description=str(getattr(criterion, "description", "") or ""))
-        self.criteria.append((condition, test or _prepared(condition)))
 
     def check_constraints(self, step: Step, skip: Iterable[str] = ()) -> list[Violation]:
         """The constraints ``step`` violates, but those in ``skip`` (already recorded in this run)."""
@@ -450,6 +428,67 @@ class ConditionSet:
     def check_criteria(self, step: Step) -> list[Violation]:
         """The success criteria ``step``'s output does not meet."""
         return _check(self.criteria, step, ())
+
+
+_Checked = tuple[Condition, Any]  # a condition and what runs it
+_BUILT: dict[tuple[Any, ...], _Checked | None] = {}
+
+
+def _built(fields: tuple[Any, ...], build: Callable[..., _Checked | None]) -> _Checked | None:
+    """A Goal's condition as ``build(*fields[1:])`` makes it, made once per distinct declaration.
+
+    Every run reads its Goal afresh (evolution may change it), but runs of one agent declare
+    the same conditions again and again: the fields read are the key.
+    """
+    key = (*fields, *map(type, fields))  # a target of 1 is not one of True, nor an enum member its value
+    try:
+        return _BUILT[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable target (a list, a dict): built each time
+        return build(*fields[1:])
+    found = _BUILT[key] = build(*fields[1:])
+    if len(_BUILT) > 1024:
+        _BUILT.pop(next(iter(_BUILT)))
+    return found
+
+
+def _constraint(id_: Any, check: Any, constraint_type: Any, category: Any, description: Any) -> _Checked | None:
+    check = str(check or "").strip()
+    if check in _NOT_EVALUATED:
+        return None
+    condition = Condition(id=str(id_), check=check, hard=str(constraint_type).lower() != "soft",
+                          category=str(category or "general"), description=str(description or ""))
+    return condition, _prepared(condition)
+
+
+class _Metric:
+    """A success metric this module knows (``output_contains``, ``output_equals``): bounded code of
+    ours, run without the timing a user's named check gets."""
+
+    __slots__ = ("holds", "target")
+
+    def __init__(self, holds: Callable[[Any, Any], bool], target: Any) -> None:
+        self.holds, self.target = holds, target
+
+
+def _criterion(id_: Any, metric: Any, target: Any, check: Any, description: Any) -> _Checked | None:
+    metric = str(metric or "")
+    if metric == "output_contains":
+        test: Any = _Metric(_output_contains, target)
+        check = f"output contains {target!r}"
+    elif metric == "output_equals":
+        test = _Metric(_output_equals, target)
+        check = f"output equals {target!r}"
+    elif metric == "custom":
+        check = str(check or target or "").strip()
+        if check in _NOT_EVALUATED:
+            return None
+        test = None
+    else:  # llm_judge (Hive's judge decides) and metrics this package does not know
+        return None
+    condition = Condition(id=str(id_), check=check, criterion=True, description=str(description or ""))
+    return condition, test or _prepared(condition)
 
 
 def _prepared(condition: Condition) -> Any:
@@ -491,10 +530,16 @@ def _check(conditions: list[tuple[Condition, Any]], step: Step, skip: Iterable[s
         if condition.id in skip:
             continue
         try:
+            if type(test) is _Metric:
+                held = test.holds(step.output, test.target)
+                evaluated += 1
+                if not held:
+                    violations.append(Violation(condition, {}))
+                continue
             if isinstance(test, str):  # a named check: from now on, what it names
                 test = _named(test)
-            if isinstance(test, ConditionError):
-                raise test
+            if isinstance(test, ConditionError):  # kept with its declaration: raised afresh each time
+                raise test.with_traceback(None)
             if isinstance(test, _Expression):
                 if names is None:
                     names = step.names()
