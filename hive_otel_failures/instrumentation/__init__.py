@@ -37,7 +37,7 @@ from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
+from opentelemetry.trace import Span, Status, StatusCode, format_trace_id
 
 from .. import conditions, semconv
 from ..conditions import ConditionSet, Step, Violation
@@ -83,6 +83,23 @@ _SIGNAL_EMITTERS = {
 
 
 _slipped: set[str] = set()
+_SCRUBBED_REASONS: dict[str, str] = {}  # a signal's reason -> as its span event carries it
+
+
+def _scrubbed_reason(reason: Any) -> str:
+    """``safe_text(reason)``, remembered for the last few texts: Hive gives the same reasons again and
+    again (``Doom loop detected: 3 identical consecutive tool calls (crm_lookup)``), and scrubbing
+    one runs a dozen patterns over it."""
+    if type(reason) is not str:
+        return safe_text(reason)
+    scrubbed = _SCRUBBED_REASONS.get(reason)
+    if scrubbed is None:
+        scrubbed = safe_text(reason)
+        if len(reason) <= 1024:
+            if len(_SCRUBBED_REASONS) >= 64:
+                _SCRUBBED_REASONS.clear()  # atomic, unlike evicting one entry while another thread adds one
+            _SCRUBBED_REASONS[reason] = scrubbed
+    return scrubbed
 
 
 def _slip(what: str, exc: Exception) -> None:
@@ -123,8 +140,11 @@ class _Active:
 
     __slots__ = ("span", "unit", "log_context", "_context_token", "_unit_token", "_log_token")
 
-    def __init__(self, span: Span, unit: UnitScope | None = None, log_context: Any = None) -> None:
-        self.span, self.unit, self.log_context = span, unit, log_context
+    def __init__(self, tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None, unit: UnitScope | None,
+                 log_context: Any) -> None:
+        self.span = tracer.start_span(name, attributes=attributes, record_exception=False,
+                                      set_status_on_exception=False)
+        self.unit, self.log_context = unit, log_context
         self._context_token = self._unit_token = self._log_token = None
 
     def __enter__(self) -> Span:
@@ -256,15 +276,16 @@ def _fail_span(span: Span, error_type: str, message: str) -> None:
 
 def _agent_info(ctx: Any) -> dict[str, Any]:
     spec = getattr(ctx, "agent_spec", None)
-    llm = getattr(ctx, "llm", None)
+    agent_id = getattr(ctx, "agent_id", None)
+    execution_id = getattr(ctx, "execution_id", None)
     return {
-        "agent_id": getattr(spec, "id", None) or getattr(ctx, "agent_id", None),
-        "name": getattr(spec, "name", None) or getattr(ctx, "agent_id", None) or "agent",
-        "session_id": getattr(ctx, "session_id", None) or getattr(ctx, "execution_id", None) or None,
+        "agent_id": getattr(spec, "id", None) or agent_id,
+        "name": getattr(spec, "name", None) or agent_id or "agent",
+        "session_id": getattr(ctx, "session_id", None) or execution_id or None,
         "colony_id": getattr(ctx, "colony_id", None),
         "stream_id": getattr(ctx, "stream_id", None),
-        "execution_id": getattr(ctx, "execution_id", None),
-        "model": getattr(llm, "model", None),
+        "execution_id": execution_id,
+        "model": getattr(getattr(ctx, "llm", None), "model", None),
         "spec": spec,
     }
 
@@ -273,26 +294,22 @@ def _agent_unit(info: dict[str, Any], input_context: Any) -> UnitScope:
     """The unit that owns an agent's failures (a colony worker, or a loop nothing encloses)."""
     spec = info["spec"]
     definition = Definition({"agent_spec": spec, "model": info["model"]}) if spec is not None else None
-    return UnitScope(agent_id=info["agent_id"], node_id=None, session_id=info["session_id"],
-                     definition=definition, input_context=input_context)
+    return UnitScope(info["agent_id"], None, info["session_id"], definition, input_context)
+
+
+_AGENT_ATTRIBUTES = ((semconv.GEN_AI_AGENT_ID, "agent_id"), (semconv.GEN_AI_AGENT_NAME, "name"),
+                     (semconv.GEN_AI_CONVERSATION_ID, "session_id"), (semconv.HIVE_COLONY_ID, "colony_id"),
+                     (semconv.HIVE_STREAM_ID, "stream_id"), (semconv.HIVE_EXECUTION_ID, "execution_id"),
+                     (semconv.GEN_AI_REQUEST_MODEL, "model"))
 
 
 def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
-    attributes = {
-        semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_AGENT,
-        semconv.GEN_AI_AGENT_ID: info["agent_id"],
-        semconv.GEN_AI_AGENT_NAME: info["name"],
-        semconv.GEN_AI_CONVERSATION_ID: info["session_id"],
-        semconv.HIVE_COLONY_ID: info["colony_id"],
-        semconv.HIVE_STREAM_ID: info["stream_id"],
-        semconv.HIVE_EXECUTION_ID: info["execution_id"],
-        semconv.GEN_AI_REQUEST_MODEL: info["model"],
-    }
-    for key, value in list(attributes.items()):
-        if value is None or value == "":
-            del attributes[key]
-        elif type(value) is not str:
-            attributes[key] = str(value)
+    """An agent span's attributes: the ids Hive gave, as text; none that is missing or empty."""
+    attributes: dict[str, Any] = {semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_AGENT}
+    for key, field in _AGENT_ATTRIBUTES:
+        value = info[field]
+        if value is not None and value != "":
+            attributes[key] = value if type(value) is str else str(value)
     return attributes
 
 
@@ -344,9 +361,11 @@ class _Attempts:
         finally:
             context.detach(token)
             self._ended_at = time_ns()
-        with _guard("attempt end"):
+        try:
             if not getattr(result, "success", True):
                 _fail_span(span, "hive.node_failed", str(getattr(result, "error", "") or "node failed"))
+        except Exception as exc:
+            _slip("attempt end", exc)
         return result
 
     def last_span(self) -> Span:
@@ -362,14 +381,18 @@ class _Attempts:
 
     def close(self) -> None:
         """End the last span (now: it covers Hive's verdict on the node) and restore ``execute``."""
-        with _guard("node restore"):
-            self._ended_at = None
-            self._end_open_span()
+        try:
+            span = self._span
+            if span is not None:
+                self._span = None
+                span.end()
             if self._original is not None:
                 if self._had_own:
                     self._node_impl.execute = self._original
                 else:
                     del self._node_impl.execute
+        except Exception as exc:
+            _slip("node restore", exc)
 
 
 def _hive_log_context() -> Any:
@@ -393,13 +416,6 @@ class _Hooks:
         self.publish_violations = os.environ.get(semconv.ENV_PUBLISH_VIOLATIONS, "").strip().lower() in (
             "1", "true", "yes", "on")
 
-    def active(self, name: str, attributes: dict[str, Any] | None = None, unit: UnitScope | None = None, *,
-               bind_logs: bool = True) -> _Active:
-        """A new span for a Hive step, current inside ``with``."""
-        return _Active(self.tracer.start_span(name, attributes=attributes, record_exception=False,
-                                              set_status_on_exception=False),
-                       unit, self.log_context if bind_logs else None)
-
     # --- graph path --------------------------------------------------------------------------
     async def orchestrator_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         graph = args[0] if args else kwargs.get("graph")
@@ -413,10 +429,10 @@ class _Hooks:
                 session_id = getter() or ""
             session_id = session_id or str(getattr(instance, "_execution_id", "") or getattr(instance, "_run_id", ""))
             agent_id = str(getattr(graph, "id", "graph"))
-            run = RunScope(agent_id=agent_id, session_id=session_id, definition=definition,
-                           conditions=ConditionSet(goal, agent_id),
-                           input_data=args[2] if len(args) > 2 else kwargs.get("input_data"), started=monotonic(),
-                           event_bus=getattr(instance, "_event_bus", None))
+            conditions = ConditionSet(goal, agent_id)
+            run = RunScope(agent_id, session_id, definition, conditions if conditions else None,
+                           args[2] if len(args) > 2 else kwargs.get("input_data"), monotonic(),
+                           getattr(instance, "_event_bus", None))
         except Exception as exc:
             _slip("workflow start", exc)
         attributes: dict[str, Any] = {}
@@ -431,7 +447,7 @@ class _Hooks:
                 _slip("workflow attributes", exc)
         name = run.agent_id if run else "graph"
         # Hive sets its own log trace context on this path (see start_run).
-        with self.active(f"{semconv.OP_INVOKE_WORKFLOW} {name}", attributes, bind_logs=False) as span:
+        with _Active(self.tracer, f"{semconv.OP_INVOKE_WORKFLOW} {name}", attributes, None, None) as span:
             token = current_run.set(run) if run else None
             try:
                 result = await wrapped(instance, *args, **kwargs)
@@ -470,7 +486,7 @@ class _Hooks:
                 run.first_error_type = run.first_error_type or error_type
             _fail_span(span, run.first_error_type or "hive.execution_failed", error)
         violations: list[Violation] = []
-        if result is not None and run.conditions:
+        if result is not None and run.conditions is not None:
             violations = self._run_conditions(span, run, run.conditions, result, check_criteria=success)
         if success and run.condition_failures:  # Hive says success; the goal's conditions say otherwise
             success = False
@@ -478,9 +494,10 @@ class _Hooks:
                        "the run broke its goal's hard constraints or missed its success criteria")
         if span.is_recording():  # nobody sees the outcome of a span that is not recorded
             quality = getattr(result, "execution_quality", None) if result is not None else "failed"
+            now = datetime.now(timezone.utc)  # start/end are read from the span by the processor
             record_run(RunOutcome(session_id=run.session_id, agent_id=run.agent_id,
-                                  agent_version=run.definition.version, success=success,
-                                  quality=str(quality) if quality else None,
+                                  agent_version=run.definition.version, started_at=now, ended_at=now,
+                                  success=success, quality=str(quality) if quality else None,
                                   failures=run.failures + run.condition_failures), span)
         return violations
 
@@ -513,13 +530,11 @@ class _Hooks:
         run = current_run.get()
         node_id = str(getattr(ctx, "node_id", None) or getattr(getattr(instance, "node_spec", None), "id", "node"))
         if run is not None:
-            unit = UnitScope(agent_id=run.agent_id, node_id=node_id, session_id=run.session_id,
-                             definition=run.definition, input_context=getattr(ctx, "input_data", None))
+            unit = UnitScope(run.agent_id, node_id, run.session_id, run.definition, getattr(ctx, "input_data", None))
             attributes = {semconv.HIVE_NODE_ID: node_id, semconv.GEN_AI_AGENT_ID: run.agent_id}
-            conditions = run.conditions if run.conditions else None
+            conditions = run.conditions
         else:
-            unit = UnitScope(agent_id=None, node_id=node_id, session_id=None,
-                             input_context=getattr(ctx, "input_data", None))
+            unit = UnitScope(None, node_id, None, None, getattr(ctx, "input_data", None))
             attributes, conditions = {semconv.HIVE_NODE_ID: node_id}, None
         attempts = _Attempts(self.tracer, node_impl, f"hive.node {node_id}", attributes, unit)
         started = monotonic()
@@ -533,13 +548,18 @@ class _Hooks:
             current_unit.reset(token)
         failed = not getattr(result, "success", True)
         violations: list[Violation] = []
-        if failed or conditions is not None:
+        if conditions is not None and unit.tool_names:
+            try:
+                run.tool_names += unit.tool_names[:MAX_TOOL_NAMES - len(run.tool_names)]  # type: ignore[union-attr]
+            except Exception as exc:
+                _slip("node conditions", exc)
+        if failed or (conditions is not None and conditions.constraints):
             # The whole data buffer (the node's ctx.buffer only shows its input keys).
             buffer = getattr(getattr(instance, "_gc", None), "buffer", None) or getattr(ctx, "buffer", None)
             if failed:
                 with _guard("node end"):
                     self._node_failed(attempts.last_span(), unit, run, buffer, result)
-            if conditions is not None:
+            if conditions is not None and conditions.constraints:
                 with _guard("node conditions"):
                     violations = self._node_conditions(attempts.last_span(), unit, run, conditions, buffer,  # type: ignore[arg-type]
                                                        result, monotonic() - started)
@@ -551,11 +571,10 @@ class _Hooks:
 
     def _node_conditions(self, span: Span, unit: UnitScope, run: RunScope, conditions: ConditionSet, buffer: Any,
                          result: Any, duration_s: float) -> list[Violation]:
-        """The constraints this node's output breaks first in the run: the node is what broke them."""
-        if unit.tool_names:
-            run.tool_names += unit.tool_names[:MAX_TOOL_NAMES - len(run.tool_names)]
-        if not conditions.constraints:  # only the run's success criteria: checked when the run ends
-            return []
+        """The constraints this node's output breaks first in the run: the node is what broke them.
+
+        Called only when the run has constraints; its success criteria are checked when it ends.
+        """
         output = getattr(result, "output", None)
         # Memory as the node leaves it: Hive writes the node's output to the buffer only after this hook.
         memory = {**(_read_memory(buffer) or {}), **(output if isinstance(output, dict) else {})}
@@ -594,7 +613,7 @@ class _Hooks:
         attributes: dict[str, Any] = {}
         with _guard("worker attributes"):
             attributes = {**_agent_attributes(info or {}), semconv.HIVE_WORKER_ID: str(getattr(instance, "id", ""))}
-        with self.active(f"{semconv.OP_INVOKE_AGENT} {name}", attributes, unit) as span:
+        with _Active(self.tracer, f"{semconv.OP_INVOKE_AGENT} {name}", attributes, unit, self.log_context) as span:
             try:
                 result = await wrapped(instance, *args, **kwargs)
             except BaseException as exc:
@@ -670,7 +689,8 @@ class _Hooks:
             attributes = _agent_attributes(info)
         except Exception as exc:
             _slip("loop attributes", exc)
-        with self.active(f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}", attributes, owner) as span:
+        with _Active(self.tracer, f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}", attributes, owner,
+                     self.log_context) as span:
             try:
                 result = await wrapped(instance, *args, **kwargs)
             except BaseException as exc:
@@ -740,7 +760,7 @@ class _Hooks:
         if self.export_content:
             with _guard("tool attributes"):
                 attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = safe_text(getattr(tc, "tool_input", None))
-        with self.active(f"{semconv.OP_EXECUTE_TOOL} {name}", attributes) as span:
+        with _Active(self.tracer, f"{semconv.OP_EXECUTE_TOOL} {name}", attributes, None, self.log_context) as span:
             try:
                 result = await wrapped(instance, *args, **kwargs)
             except Exception as exc:
@@ -801,6 +821,7 @@ class _Hooks:
         (a stall, a doom loop, ...) rarely, so its arguments are bound by name here, at no cost to
         the events that matter to nobody but Hive (publish itself is not touched)."""
         event_name, kind, key = _SIGNAL_EMITTERS[emitter]
+        kind_value = kind.value if kind is not None else None
 
         def make(emit: Callable[..., Any]) -> Callable[..., Any]:
             names = list(inspect.signature(emit).parameters)[1:]  # after the bus
@@ -813,7 +834,7 @@ class _Hooks:
                         reason = (args[i] if i < len(args) else kwargs.get(k)) or ""
                         if reason:
                             break
-                    self._signal(event_name, kind, reason)
+                    self._signal(event_name, kind_value, reason)
                 except Exception as exc:
                     _slip("event", exc)
                 return emit(bus, *args, **kwargs)
@@ -823,14 +844,14 @@ class _Hooks:
         return make
 
     @staticmethod
-    def _signal(event_name: str, kind: FailureKind | None, reason: Any) -> None:
-        """In-memory only: a span event on the current span, a signal on the current unit."""
+    def _signal(event_name: str, kind: str | None, reason: Any) -> None:
+        """In-memory only: a span event on the current span, a signal (a FailureKind value) on the current unit."""
         span = trace.get_current_span()
         if span.is_recording():
-            span.add_event(event_name, {semconv.EVENT_REASON: safe_text(reason)})
+            span.add_event(event_name, {semconv.EVENT_REASON: _scrubbed_reason(reason)})
         unit = current_unit.get()
         if kind is not None and unit is not None:  # raw but capped: a record is scrubbed when it is built
-            unit.signals.setdefault(kind.value, cap_text(str(reason), _LIMITS.max_string_chars))
+            unit.signals.setdefault(kind, cap_text(str(reason), _LIMITS.max_string_chars))
 
     @staticmethod
     def trace_ids(start_run: Callable[..., Any]) -> Callable[..., Any]:
@@ -841,8 +862,8 @@ class _Hooks:
             result = start_run(self, *args, **kwargs)
             try:
                 ctx = trace.get_current_span().get_span_context()
-                if ctx.is_valid:
-                    set_trace_context(trace_id=format_trace_id(ctx.trace_id), span_id=format_span_id(ctx.span_id))
+                if ctx.is_valid:  # as format_trace_id and format_span_id
+                    set_trace_context(trace_id=_trace_hex(ctx.trace_id), span_id=f"{ctx.span_id:016x}")
             except Exception as exc:
                 _slip("hive trace id", exc)
             return result

@@ -12,9 +12,10 @@ import hashlib
 import json
 import traceback
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
+
+from pydantic import BaseModel
 
 from ..conditions import ConditionSet
 from ..record import FailureKind, FailureRecord, JudgeFeedback, ToolCallAttempt
@@ -44,44 +45,50 @@ class Definition:
                 else v for k, v in self.parts.items()}
 
 
-@dataclass(slots=True)
 class RunScope:
-    """One graph run (Orchestrator.execute)."""
+    """One graph run (Orchestrator.execute).
 
-    agent_id: str
-    session_id: str
-    definition: Definition
-    failures: int = 0
-    first_error_type: str | None = None
-    # Custom failure conditions: checked after each node and at the end, each recorded once per run.
-    conditions: ConditionSet | None = None
-    violated: set[str] = field(default_factory=set)  # ids of conditions already recorded in this run
-    condition_failures: int = 0  # records of hard violations and unmet criteria: each fails the run
-    condition_error_type: str | None = None
-    tool_names: list[str] = field(default_factory=list)
-    input_data: Any = None
-    started: float = 0.0  # time.monotonic()
-    event_bus: Any = None  # where CONSTRAINT_VIOLATION is published, when asked to
+    Plain classes with slots, here and for units: one is made per run and per node, and a
+    dataclass's generated ``__init__`` (defaults, factories) costs a few times these.
+    """
+
+    __slots__ = ("agent_id", "session_id", "definition", "failures", "first_error_type", "conditions", "violated",
+                 "condition_failures", "condition_error_type", "tool_names", "input_data", "started", "event_bus")
+
+    def __init__(self, agent_id: str, session_id: str, definition: Definition, conditions: ConditionSet | None = None,
+                 input_data: Any = None, started: float = 0.0, event_bus: Any = None) -> None:
+        self.agent_id, self.session_id, self.definition = agent_id, session_id, definition
+        self.failures = 0
+        self.first_error_type: str | None = None
+        # Custom failure conditions: checked after each node and at the end, each recorded once per run.
+        self.conditions = conditions
+        self.violated: set[str] = set()  # ids of conditions already recorded in this run
+        self.condition_failures = 0  # records of hard violations and unmet criteria: each fails the run
+        self.condition_error_type: str | None = None
+        self.tool_names: list[str] = []
+        self.input_data = input_data
+        self.started = started  # time.monotonic()
+        self.event_bus = event_bus  # where CONSTRAINT_VIOLATION is published, when asked to
 
 
-@dataclass(slots=True)
 class UnitScope:
     """One owner of failures: a node, a worker or an outermost agent loop."""
 
-    agent_id: str | None
-    node_id: str | None
-    session_id: str | None
-    definition: Definition | None = None
-    input_context: Any = None
-    attempts: int = 0
-    # What Hive handed us, as it was, on the hot path (a successful run never reads it); models,
-    # text and caps only when a failure is recorded.
-    judge: list[tuple[Any, Any, bool]] = field(default_factory=list)  # iteration, verdict, custom judge
-    tool_calls: list[tuple[str, Any, Any, bool]] = field(default_factory=list)  # name, arguments, result, error
-    signals: dict[str, str] = field(default_factory=dict)  # FailureKind value -> Hive's reason
-    exception: BaseException | None = None
-    failures: int = 0
-    tool_names: list[str] = field(default_factory=list)  # every tool called, for conditions
+    __slots__ = ("agent_id", "node_id", "session_id", "definition", "input_context", "attempts", "judge",
+                 "tool_calls", "signals", "exception", "tool_names")
+
+    def __init__(self, agent_id: str | None, node_id: str | None, session_id: str | None,
+                 definition: Definition | None = None, input_context: Any = None,
+                 exception: BaseException | None = None) -> None:
+        self.agent_id, self.node_id, self.session_id = agent_id, node_id, session_id
+        self.definition, self.input_context, self.exception = definition, input_context, exception
+        self.attempts = 0
+        # What Hive handed us, as it was, on the hot path (a successful run never reads it); models,
+        # text and caps only when a failure is recorded.
+        self.judge: list[tuple[Any, Any, bool]] = []  # iteration, verdict, custom judge
+        self.tool_calls: list[tuple[str, Any, Any, bool]] = []  # name, arguments, result, error
+        self.signals: dict[str, str] = {}  # FailureKind value -> Hive's reason
+        self.tool_names: list[str] = []  # every tool called, for conditions
 
     def add_judge(self, iteration: Any, verdict: Any, custom: bool) -> None:
         """A judge's verdict (Hive's JudgeVerdict: action, feedback) on the unit's ``iteration``."""
@@ -180,11 +187,15 @@ def _canonical_bytes(value: Any) -> bytes:
     if isinstance(value, str):  # a model name: what json.dumps below gives a str, without its set-up
         return encode_basestring(value).encode("utf-8", "replace")
     dump = getattr(value, "model_dump_json", None)
+    if dump is not None and getattr(dump, "__func__", None) is _MODEL_DUMP_JSON:
+        # What model_dump_json returns, as the bytes it decodes (then we encode again): the same hash
+        return value.__pydantic_serializer__.to_json(value, exclude=_VOLATILE)  # type: ignore[no-any-return]
     if callable(dump):  # pydantic's own serialiser: fast, stable for one definition
         return dump(exclude=_VOLATILE).encode("utf-8", "replace")
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "replace")
 
 
+_MODEL_DUMP_JSON = BaseModel.model_dump_json
 _VERSIONS: dict[bytes, str] = {}  # canonical definition -> version, for the definitions seen last
 _VERSIONS_KEPT, _VERSION_CACHED_BYTES = 32, 64 * 1024
 
