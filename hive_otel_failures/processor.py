@@ -29,8 +29,8 @@ from opentelemetry.trace import format_span_id, format_trace_id
 
 from . import semconv
 from .index import FailureIndex, open_index
-from .record import (RunOutcome, filled_from_span, from_attributes, from_time_ns, prepare, run_from_attributes,
-                     to_attributes)
+from .index.store import run_row
+from .record import filled_from_span, from_attributes, from_time_ns, prepare, run_from_attributes, to_attributes
 from .spans import may_carry_records
 
 _log = logging.getLogger(__name__)
@@ -54,6 +54,26 @@ def _keys_values(event: Event) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     # The SDK's BoundedAttributes copies its dict at C speed; any other Mapping key by key.
     attributes = attributes.copy() if isinstance(attributes, BoundedAttributes) else dict(attributes or {})
     return tuple(attributes), tuple(attributes.values())
+
+
+_RUN_KEYS = (semconv.RUN_SESSION_ID, semconv.RUN_AGENT_ID, semconv.RUN_AGENT_VERSION, semconv.RUN_QUALITY,
+             semconv.RUN_FAILURES, semconv.RUN_OUTCOME)
+_TEXT = (str, type(None))
+
+
+def _run_row(attributes: dict[str, Any], start_ns: int, end_ns: int) -> tuple[Any, ...]:
+    """The runs row of a hive.run event: what run_from_attributes and run_row make of it.
+
+    Those build a pydantic model, twice the writer's other work per run (5 runs a failure);
+    attributes as record_run sets them (texts, an int count) need no validation, and any
+    other event goes through the model as before.
+    """
+    session_id, agent_id, version, quality, failures, outcome = map(attributes.get, _RUN_KEYS)
+    if type(session_id) is str and type(failures) is int and type(agent_id) in _TEXT and type(version) in _TEXT \
+            and type(quality) in _TEXT:
+        return (session_id, agent_id or "", version, from_time_ns(start_ns).timestamp(),
+                from_time_ns(end_ns).timestamp(), int(outcome == "success"), quality, failures)
+    return run_row(run_from_attributes(attributes, from_time_ns(start_ns), from_time_ns(end_ns)))
 
 
 @dataclass(frozen=True)
@@ -203,7 +223,7 @@ class FailureIndexProcessor(SpanProcessor):
 
     def _write(self, batch: list[_Queued]) -> None:
         failures: list[Mapping[str, Any]] = []
-        runs: list[RunOutcome] = []
+        runs: list[tuple[Any, ...]] = []
         for queued in batch:
             trace_id, span_id, start_time, end_time, run_keys, run_values = queued[:_HEAD]
             for at in range(_HEAD, len(queued), 3):  # a malformed event loses neither the batch nor its span's others
@@ -214,8 +234,7 @@ class FailureIndexProcessor(SpanProcessor):
                     self._error("malformed failure event", exc)
             if run_keys is not None:
                 try:
-                    runs.append(run_from_attributes(dict(zip(run_keys, run_values)), from_time_ns(start_time or 0),
-                                                    from_time_ns(end_time or 0)))
+                    runs.append(_run_row(dict(zip(run_keys, run_values)), start_time or 0, end_time or 0))
                 except Exception as exc:  # noqa: BLE001
                     self._error("malformed run event", exc)
         index = self._open()
@@ -248,7 +267,7 @@ class FailureIndexProcessor(SpanProcessor):
             time_ns=None if semconv.FAILURE_PREFIX + "timestamp" in attributes else timestamp)
         return to_attributes(prepare(record))
 
-    def _try_add(self, index: FailureIndex, failures: list[Mapping[str, Any]], runs: list[RunOutcome]) -> int:
+    def _try_add(self, index: FailureIndex, failures: list[Mapping[str, Any]], runs: list[tuple[Any, ...]]) -> int:
         try:
             index.add_prepared(failures, runs)
             return 1

@@ -91,6 +91,12 @@ _SELECT_FAILURE = f"""
 """
 
 
+def run_row(outcome: RunOutcome) -> tuple[Any, ...]:
+    """A run outcome as the runs table stores it (RUN_COLUMNS' order: no agent is '', success 0/1)."""
+    return (outcome.session_id, outcome.agent_id or "", outcome.agent_version, _ts(outcome.started_at),
+            _ts(outcome.ended_at), int(outcome.success), outcome.quality, outcome.failures)
+
+
 class FailureIndex:
     """A queryable index of Hive failures and run outcomes: a SQLite file, or a PostgreSQL database."""
 
@@ -142,16 +148,16 @@ class FailureIndex:
         """
         return self.add_prepared([to_attributes(prepare(r, self.limits)) for r in failures], runs)
 
-    def add_prepared(self, failures: Iterable[Mapping[str, Any]], runs: Iterable[RunOutcome] = ()) -> int:
+    def add_prepared(self, failures: Iterable[Mapping[str, Any]],
+                     runs: Iterable[RunOutcome | tuple[Any, ...]] = ()) -> int:
         """Store failures in their ``hive.failure`` attribute form, already prepared (record_failure).
 
         This is how the span processor writes: no second scrub, no model round trip. A
-        malformed entry raises FailureIndexError and nothing of the call is written.
+        malformed entry raises FailureIndexError and nothing of the call is written. A run is
+        a RunOutcome or its row as ``run_row`` makes it (the processor's, from run events).
         """
         rows = wire_rows(failures)
-        return self._db.add_batch(rows, [
-            (o.session_id, o.agent_id or "", o.agent_version, _ts(o.started_at), _ts(o.ended_at), int(o.success),
-             o.quality, o.failures) for o in runs])
+        return self._db.add_batch(rows, [run if type(run) is tuple else run_row(run) for run in runs])
 
     @_reading
     def resolve(self, fingerprint: str, resolution: str, evolution_triggered: bool = True,
