@@ -409,9 +409,11 @@ class ConditionSet:
             if found is not None:
                 self.constraints.append(found)
         for criterion in getattr(goal, "success_criteria", None) or ():
-            found = _built(("criterion", getattr(criterion, "id", ""), getattr(criterion, "metric", ""),
-                            getattr(criterion, "target", None), getattr(criterion, "check", None),
-                            getattr(criterion, "description", "")), _criterion)
+            metric = getattr(criterion, "metric", "")
+            # Only a custom criterion has a check (Hive's SuccessCriterion has none: asking costs an exception)
+            check = getattr(criterion, "check", None) if str(metric or "") == "custom" else None
+            found = _built(("criterion", getattr(criterion, "id", ""), metric, getattr(criterion, "target", None),
+                            check, getattr(criterion, "description", "")), _criterion)
             if found is not None:
                 self.criteria.append(found)
         for condition in _user_conditions.values():

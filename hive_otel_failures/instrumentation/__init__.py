@@ -38,6 +38,7 @@ from typing import Any
 from opentelemetry import context, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.trace import Span, Status, StatusCode, format_trace_id
+from pydantic import BaseModel
 
 from .. import conditions, semconv
 from ..conditions import ConditionSet, Step, Violation
@@ -138,18 +139,21 @@ class _Active:
     One plain class rather than the SDK's generator context managers: it is on every step's path.
     """
 
-    __slots__ = ("span", "unit", "log_context", "_context_token", "_unit_token", "_log_token")
+    __slots__ = ("span", "unit", "log_context", "_parent", "_context_token", "_unit_token", "_log_token")
 
     def __init__(self, tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None, unit: UnitScope | None,
                  log_context: Any) -> None:
-        self.span = tracer.start_span(name, attributes=attributes, record_exception=False,
+        # The current context, read once (not by the tracer, its sampler and set_span_in_context each):
+        # the span's parent, and what the span is made current in.
+        self._parent = parent = context.get_current()
+        self.span = tracer.start_span(name, context=parent, attributes=attributes, record_exception=False,
                                       set_status_on_exception=False)
         self.unit, self.log_context = unit, log_context
         self._context_token = self._unit_token = self._log_token = None
 
     def __enter__(self) -> Span:
         span = self.span
-        self._context_token = context.attach(trace.set_span_in_context(span))
+        self._context_token = context.attach(trace.set_span_in_context(span, self._parent))
         if self.unit is not None:
             self._unit_token = current_unit.set(self.unit)
         log_context = self.log_context
@@ -313,6 +317,24 @@ def _agent_attributes(info: dict[str, Any]) -> dict[str, Any]:
     return attributes
 
 
+_NAMELESS: dict[type, bool] = {}  # graph class -> a pydantic model with no ``name`` but as an extra field
+
+
+def _graph_name(graph: Any) -> Any:
+    """``getattr(graph, "name", None)``. Hive's GraphSpec has a name only as an extra field, and a
+    pydantic model asked for a field it lacks builds and formats an AttributeError (40 times
+    the cost of a read): for such a class, the extra fields are read instead."""
+    cls = type(graph)
+    nameless = _NAMELESS.get(cls)
+    if nameless is None:
+        nameless = _NAMELESS[cls] = (isinstance(graph, BaseModel) and "name" not in cls.model_fields
+                                     and not any("name" in vars(k) for k in cls.__mro__))
+    if nameless:
+        extra = graph.__pydantic_extra__
+        return extra.get("name") if extra else None
+    return getattr(graph, "name", None)
+
+
 def _start_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None) -> Span:
     """A span for a Hive step; its status and exception events are ours to set, not the SDK's."""
     return tracer.start_span(name, attributes=attributes, record_exception=False, set_status_on_exception=False)
@@ -346,10 +368,11 @@ class _Attempts:
             self._end_open_span()
         unit = self.unit
         unit.attempts += 1
+        parent = context.get_current()  # read once, as _Active does
         span = self._span = self.tracer.start_span(
-            self.name, attributes={**self.attributes, semconv.HIVE_NODE_ATTEMPT: unit.attempts},
+            self.name, context=parent, attributes={**self.attributes, semconv.HIVE_NODE_ATTEMPT: unit.attempts},
             record_exception=False, set_status_on_exception=False)
-        token = context.attach(trace.set_span_in_context(span))
+        token = context.attach(trace.set_span_in_context(span, parent))
         try:
             result = await self._original(ctx)  # type: ignore[misc]
         except Exception as exc:
@@ -440,7 +463,7 @@ class _Hooks:
             try:
                 attributes = {semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_WORKFLOW,
                               semconv.GEN_AI_AGENT_ID: run.agent_id,
-                              semconv.GEN_AI_AGENT_NAME: str(getattr(graph, "name", "") or run.agent_id),
+                              semconv.GEN_AI_AGENT_NAME: str(_graph_name(graph) or run.agent_id),
                               semconv.GEN_AI_CONVERSATION_ID: run.session_id,
                               semconv.HIVE_AGENT_VERSION: run.definition.version}
             except Exception as exc:
