@@ -416,9 +416,10 @@ class ConditionSet:
                             check, getattr(criterion, "description", "")), _criterion)
             if found is not None:
                 self.criteria.append(found)
-        for condition in _user_conditions.values():
-            if condition.agents is None or agent_id in condition.agents:
-                self.constraints.append((condition, condition.id))  # run as its registered check
+        if _user_conditions:
+            for condition in _user_conditions.values():
+                if condition.agents is None or agent_id in condition.agents:
+                    self.constraints.append((condition, condition.id))  # run as its registered check
 
     def __bool__(self) -> bool:
         return bool(self.constraints or self.criteria)

@@ -186,10 +186,10 @@ def qualified_name(exc: BaseException) -> str:
 def _canonical_bytes(value: Any) -> bytes:
     if isinstance(value, str):  # a model name: what json.dumps below gives a str, without its set-up
         return encode_basestring(value).encode("utf-8", "replace")
-    dump = getattr(value, "model_dump_json", None)
-    if dump is not None and getattr(dump, "__func__", None) is _MODEL_DUMP_JSON:
+    if getattr(type(value), "model_dump_json", None) is _MODEL_DUMP_JSON:
         # What model_dump_json returns, as the bytes it decodes (then we encode again): the same hash
         return value.__pydantic_serializer__.to_json(value, exclude=_VOLATILE)  # type: ignore[no-any-return]
+    dump = getattr(value, "model_dump_json", None)
     if callable(dump):  # pydantic's own serialiser: fast, stable for one definition
         return dump(exclude=_VOLATILE).encode("utf-8", "replace")
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "replace")
@@ -207,7 +207,8 @@ def version_of(parts: dict[str, Any]) -> str:
     session): the hash of the few last ones is looked up rather than computed (sha256 costs
     ten times what a dict lookup of the same bytes does).
     """
-    canonical = b"".join([key.encode() + b"\0" + _canonical_bytes(parts[key]) + b"\0" for key in sorted(parts)])
+    canonical = b"".join([piece for key in sorted(parts)  # key NUL value NUL ..., joined once
+                          for piece in (key.encode(), b"\0", _canonical_bytes(parts[key]), b"\0")])
     version = _VERSIONS.get(canonical)
     if version is None:
         version = "sha256:" + hashlib.sha256(canonical).hexdigest()[:12]
