@@ -106,8 +106,10 @@ _BATCH_SCHEMA = (
 _json_rows = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
 _WIDTH = len(FAILURE_COLUMNS.split(","))
 # A batch's failures rows are padded with rows of NULLs to a multiple of _PAD, so that its statement
-# is one of a few that SQLite's statement cache keeps (preparing 512 rows' worth costs 1.4 ms).
+# is one of a few that SQLite's statement cache keeps (preparing 512 rows' worth costs 1.4 ms), and
+# go in statements of at most _ROWS (a prepared statement holds ~2.4 KB a row: 16 of them 10 MB).
 _PAD = 32
+_ROWS = 512
 
 
 @functools.lru_cache(maxsize=None)
@@ -350,7 +352,7 @@ class SQLiteBackend(Backend):
                     self._conn.execute(statement)
                 # whole _PAD rows, and the last row's 3 (SQLite's minimum limit, 999, allows 32 rows)
                 limit = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-                self._per_statement = max(_PAD, (limit - 3) // _WIDTH // _PAD * _PAD)
+                self._per_statement = max(_PAD, min(_ROWS, (limit - 3) // _WIDTH // _PAD * _PAD))
                 self._batch_ready = True
             codec = self._blobs
             if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
