@@ -494,6 +494,15 @@ def _criterion(id_: Any, metric: Any, target: Any, check: Any, description: Any)
     return condition, test or _prepared(condition)
 
 
+def conditions_for(goal: Any, agent_id: str | None) -> ConditionSet | None:
+    """The conditions of one run of ``agent_id`` towards ``goal``; None when there is nothing to
+    check (most agent loops have no Goal), so that a run asks nothing more of them."""
+    if goal is None and not _user_conditions:
+        return None
+    conditions = ConditionSet(goal, agent_id)
+    return conditions if conditions else None
+
+
 def _prepared(condition: Condition) -> Any:
     """What to run for a check: a compiled expression, a named check (resolved when first run), or the
     ConditionError saying why it cannot run (reported when first run, so a broken Goal never raises)."""

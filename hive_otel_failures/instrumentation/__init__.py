@@ -41,15 +41,15 @@ from opentelemetry.trace import Span, Status, StatusCode, format_trace_id
 from pydantic import BaseModel
 
 from .. import conditions, semconv
-from ..conditions import ConditionSet, Step, Violation
+from ..conditions import ConditionSet, Step, Violation, conditions_for
 from ..export import export_content_enabled
 from ..fingerprint import fingerprint
 from ..record import FailureKind, RunOutcome
 from ..scrub import Limits, cap_text, safe_text
 from ..spans import record_failure, record_run
 from .package import _instruments
-from .scopes import (MAX_TOOL_NAMES, Definition, RunScope, UnitScope, current_run, current_unit, format_traceback,
-                     qualified_name)
+from .scopes import (MAX_ITEMS, MAX_TOOL_NAMES, Definition, RunScope, UnitScope, current_run, current_unit,
+                     format_traceback, qualified_name)
 
 _log = logging.getLogger(__name__)
 
@@ -452,8 +452,7 @@ class _Hooks:
                 session_id = getter() or ""
             session_id = session_id or str(getattr(instance, "_execution_id", "") or getattr(instance, "_run_id", ""))
             agent_id = str(getattr(graph, "id", "graph"))
-            conditions = ConditionSet(goal, agent_id)
-            run = RunScope(agent_id, session_id, definition, conditions if conditions else None,
+            run = RunScope(agent_id, session_id, definition, conditions_for(goal, agent_id),
                            args[2] if len(args) > 2 else kwargs.get("input_data"), monotonic(),
                            getattr(instance, "_event_bus", None))
         except Exception as exc:
@@ -631,7 +630,7 @@ class _Hooks:
             info["session_id"] = info["session_id"] or str(getattr(instance, "id", ""))
             unit = _agent_unit(info, {"task": getattr(instance, "task", None),
                                       "input_data": getattr(ctx, "input_data", None)})
-            conditions = ConditionSet(getattr(ctx, "goal", None), info["agent_id"])
+            conditions = conditions_for(getattr(ctx, "goal", None), info["agent_id"])
         name = (info or {}).get("name") or "worker"
         attributes: dict[str, Any] = {}
         with _guard("worker attributes"):
@@ -666,7 +665,7 @@ class _Hooks:
         span.set_attribute(semconv.HIVE_WORKER_STATUS, status)
         failed_kind = _FAILED_WORKER_STATUSES.get(status)
         violations, failing = [], 0
-        if conditions:  # what a worker hands back is its report's data and its loop's output
+        if conditions is not None:  # what a worker hands back is its report's data and its loop's output
             output = {**(getattr(result, "data", None) or {}), **(getattr(result, "output", None) or {})}
             step = Step(output=output, input=step_input, tokens=getattr(result, "tokens_used", None),
                         tool_calls=unit.tool_names, duration_s=getattr(result, "duration_seconds", None))
@@ -704,7 +703,7 @@ class _Hooks:
             info = _agent_info(ctx)
             if current_unit.get() is None:  # nothing encloses this loop: it owns its failures (and conditions)
                 owner = _agent_unit(info, getattr(ctx, "input_data", None))
-                conditions = ConditionSet(getattr(ctx, "goal", None), info["agent_id"])
+                conditions = conditions_for(getattr(ctx, "goal", None), info["agent_id"])
         except Exception as exc:
             _slip("loop start", exc)
         attributes: dict[str, Any] = {}
@@ -748,7 +747,7 @@ class _Hooks:
             span.set_attribute(semconv.HIVE_EXIT_REASON, str(exit_reason))
         succeeded = bool(getattr(result, "success", True))
         violations, failing = [], 0
-        if owner and conditions:
+        if owner and conditions is not None:
             latency_ms = getattr(result, "latency_ms", None)
             step = Step(output=getattr(result, "output", None), input=owner.input_context,
                         tokens=getattr(result, "tokens_used", None), tool_calls=owner.tool_names,
@@ -818,9 +817,12 @@ class _Hooks:
         try:
             action = getattr(verdict, "action", None)
             unit = current_unit.get()
-            if unit is not None:
-                unit.add_judge(args[5] if len(args) > 5 else kwargs.get("iteration"), verdict,
-                               getattr(instance, "_judge", None) is not None)
+            if unit is not None:  # the verdict (action, feedback) on the unit's iteration; trimmed now and then
+                judge, iteration = unit.judge, args[5] if len(args) > 5 else kwargs.get("iteration")
+                judge.append((len(judge) if iteration is None else iteration, verdict,
+                              getattr(instance, "_judge", None) is not None))
+                if len(judge) >= 2 * MAX_ITEMS:
+                    del judge[:-MAX_ITEMS]
             if action == "RETRY" or action == "ESCALATE":
                 self._verdict_event(str(action), str(getattr(verdict, "feedback", "") or ""), unit)
         except Exception as exc:

@@ -21,7 +21,7 @@ from ..conditions import ConditionSet
 from ..record import FailureKind, FailureRecord, JudgeFeedback, ToolCallAttempt
 from ..scrub import Limits, cap_text
 
-_MAX_ITEMS = 50  # judge verdicts / tool calls kept per unit; the newest win
+MAX_ITEMS = 50  # judge verdicts / tool calls kept per unit; the newest win
 _LIMITS = Limits.from_env()
 MAX_TOOL_NAMES = 10_000  # tool names kept per unit and run for conditions (``tool_calls``); the oldest win
 # Hive's Goal stamps itself with the time it was built: not part of what the agent is.
@@ -90,18 +90,11 @@ class UnitScope:
         self.signals: dict[str, str] = {}  # FailureKind value -> Hive's reason
         self.tool_names: list[str] = []  # every tool called, for conditions
 
-    def add_judge(self, iteration: Any, verdict: Any, custom: bool) -> None:
-        """A judge's verdict (Hive's JudgeVerdict: action, feedback) on the unit's ``iteration``."""
-        judge = self.judge
-        judge.append((len(judge) if iteration is None else iteration, verdict, custom))
-        if len(judge) >= 2 * _MAX_ITEMS:  # trimmed now and then, not on every call
-            del judge[:-_MAX_ITEMS]
-
     def add_tool_call(self, name: str, arguments: Any, result: Any, is_error: bool) -> None:
         calls = self.tool_calls
         calls.append((name, arguments, result, is_error))
-        if len(calls) >= 2 * _MAX_ITEMS:
-            del calls[:-_MAX_ITEMS]
+        if len(calls) >= 2 * MAX_ITEMS:
+            del calls[:-MAX_ITEMS]
         if len(self.tool_names) < MAX_TOOL_NAMES:
             self.tool_names.append(name)
 
@@ -110,13 +103,13 @@ class UnitScope:
                               action=str(getattr(verdict, "action", "")),
                               feedback=str(getattr(verdict, "feedback", "") or ""),
                               judge_type="custom" if custom else "implicit")
-                for n, (iteration, verdict, custom) in enumerate(self.judge[-_MAX_ITEMS:])]
+                for n, (iteration, verdict, custom) in enumerate(self.judge[-MAX_ITEMS:])]
 
     def tool_attempts(self, max_chars: int) -> list[ToolCallAttempt]:
         """The tool calls, their results cut to ``max_chars`` (a record scrubs and caps them again)."""
         return [ToolCallAttempt(tool_name=n, arguments=a, is_error=e,
                                 result=None if r is None else cap_text(r if isinstance(r, str) else str(r), max_chars))
-                for n, a, r, e in self.tool_calls[-_MAX_ITEMS:]]
+                for n, a, r, e in self.tool_calls[-MAX_ITEMS:]]
 
     def failure(self, *, kind: FailureKind, error_type: str, error_message: str,
                 memory_snapshot: Any = None, attempts: int | None = None, **fields: Any) -> FailureRecord:
