@@ -448,11 +448,12 @@ def _built(fields: tuple[Any, ...], build: Callable[..., _Checked | None]) -> _C
         return _BUILT[key]
     except KeyError:
         pass
-    except TypeError:  # an unhashable target (a list, a dict): built each time
+    except Exception:  # noqa: BLE001 - an unhashable target (a list, a dict), or a broken one: built each time
         return build(*fields[1:])
-    found = _BUILT[key] = build(*fields[1:])
-    if len(_BUILT) > 1024:
-        _BUILT.pop(next(iter(_BUILT)))
+    found = build(*fields[1:])
+    if len(_BUILT) >= 1024:
+        _BUILT.clear()  # atomic, unlike evicting one entry while another thread adds one
+    _BUILT[key] = found
     return found
 
 

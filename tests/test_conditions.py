@@ -469,6 +469,18 @@ def test_output_contains_and_output_equals() -> None:
     assert unmet("output_equals", {"a": 1}, {"a": 2})
 
 
+def test_a_goal_changed_in_place_is_read_afresh_on_the_next_run() -> None:
+    """Each distinct declaration becomes a condition once; the Goal itself is read on every run."""
+    goal = refund_goal(criteria=(SuccessCriterion(id="c", description="", metric="output_equals", target=1),))
+    assert ConditionSet(goal).check_criteria(Step(output={"v": 1})) == []
+    goal.success_criteria[0].target = 2  # evolution changed the criterion in place
+    (violation,) = ConditionSet(goal).check_criteria(Step(output={"v": 1}))
+    assert violation.condition.check == "output equals 2"
+    goal.success_criteria[0].target = True  # a key equal to 1's, but a declaration of its own
+    (violation,) = ConditionSet(goal).check_criteria(Step(output={"v": 2}))
+    assert violation.condition.check == "output equals True"
+
+
 def test_user_condition_on_tool_calls_and_memory() -> None:
     check = "not any(matches(t, 'delete_*') for t in tool_calls) or memory.get('approved') is True"
     goal = refund_goal(Constraint(id="approved_deletes", description="", constraint_type="hard", check=check))
