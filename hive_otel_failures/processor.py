@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
@@ -59,21 +60,29 @@ def _keys_values(event: Event) -> tuple[tuple[str, ...], tuple[Any, ...]]:
 _RUN_KEYS = (semconv.RUN_SESSION_ID, semconv.RUN_AGENT_ID, semconv.RUN_AGENT_VERSION, semconv.RUN_QUALITY,
              semconv.RUN_FAILURES, semconv.RUN_OUTCOME)
 _TEXT = (str, type(None))
+_RUN_GETTERS: dict[tuple[str, ...], itemgetter[Any]] = {}  # by an event's keys (a few orders): _RUN_KEYS' values
 
 
-def _run_row(attributes: dict[str, Any], start_ns: int, end_ns: int) -> tuple[Any, ...]:
+def _run_row(keys: tuple[str, ...], values: tuple[Any, ...], start_ns: int, end_ns: int) -> tuple[Any, ...]:
     """The runs row of a hive.run event: what run_from_attributes and run_row make of it.
 
     Those build a pydantic model, twice the writer's other work per run (5 runs a failure);
     attributes as record_run sets them (texts, an int count) need no validation, and any
-    other event goes through the model as before.
+    other event goes through the model as before. The values are picked by their keys'
+    positions, without a dict per run: beside a busy application thread each bytecode of
+    the writer's is paid again waiting for the GIL.
     """
-    session_id, agent_id, version, quality, failures, outcome = map(attributes.get, _RUN_KEYS)
+    getter = _RUN_GETTERS.get(keys)
+    if getter is None:
+        if len(_RUN_GETTERS) >= 64:  # events from elsewhere, in many orders: keep a few
+            _RUN_GETTERS.clear()
+        getter = _RUN_GETTERS[keys] = itemgetter(*(keys.index(k) if k in keys else -1 for k in _RUN_KEYS))
+    session_id, agent_id, version, quality, failures, outcome = getter((*values, None))  # -1: absent
     if type(session_id) is str and type(failures) is int and type(agent_id) in _TEXT and type(version) in _TEXT \
             and type(quality) in _TEXT:
         return (session_id, agent_id or "", version, from_time_ns(start_ns).timestamp(),
                 from_time_ns(end_ns).timestamp(), int(outcome == "success"), quality, failures)
-    return run_row(run_from_attributes(attributes, from_time_ns(start_ns), from_time_ns(end_ns)))
+    return run_row(run_from_attributes(dict(zip(keys, values)), from_time_ns(start_ns), from_time_ns(end_ns)))
 
 
 @dataclass(frozen=True)
@@ -237,7 +246,7 @@ class FailureIndexProcessor(SpanProcessor):
                     self._error("malformed failure event", exc)
             if run_keys is not None:
                 try:
-                    runs.append(_run_row(dict(zip(run_keys, run_values)), start_time or 0, end_time or 0))
+                    runs.append(_run_row(run_keys, run_values, start_time or 0, end_time or 0))
                 except Exception as exc:  # noqa: BLE001
                     self._error("malformed run event", exc)
         index = self._open()
