@@ -14,9 +14,9 @@ import threading
 import time
 import zlib
 from collections import deque
-from itertools import chain
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
