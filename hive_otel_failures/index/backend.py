@@ -9,6 +9,7 @@ transaction, and a few SQL fragments (scalar ``max`` vs ``GREATEST``, SQLite's `
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -36,12 +37,19 @@ def redact(url: str) -> str:
     return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url))
 
 
-def _sha256(text: str) -> str:
-    """sha256 of a snapshot, fed in pieces hashlib hashes without giving up the GIL (it does above 2 KiB)."""
+def _snapshot_key(text: str) -> str:
+    """A snapshot's key in the ``sha256`` columns: the first 160 bits of its SHA-256, in base32.
+
+    32 characters where the hex of all 256 bits took 64: a key is in each failure's row three
+    times and twice per snapshot (its row and the index on it), so at 1M failures that was a
+    tenth of a SQLite file (250 bytes a failure). 160 bits keep collisions out of reach (git's
+    ids are as long). Keys written before are 64 hex digits and stay valid: a key is only ever
+    compared whole. Fed in pieces, which hashlib hashes without giving up the GIL (it does above 2 KiB).
+    """
     data, digest = text.encode("utf-8"), hashlib.sha256()
     for start in range(0, len(data), 2000):
         digest.update(data[start:start + 2000])
-    return digest.hexdigest()
+    return base64.b32encode(digest.digest()[:20]).decode("ascii").lower()
 
 
 def _ts(value: datetime) -> float:
@@ -89,7 +97,7 @@ def wire_rows(failures: Iterable[Mapping[str, Any]]) -> WireRows:
     pass per batch. JSON text that span limits may have cut is tolerated when read back.
     """
     rows: list[tuple[Any, ...]] = []
-    hashes: dict[str, str] = {}  # snapshot text -> sha256: an agent's graph repeats in each of its failures
+    hashes: dict[str, str] = {}  # snapshot text -> its key: an agent's graph repeats in each of its failures
     fromisoformat = datetime.fromisoformat
     for attrs in failures:
         (failure_id, session_id, agent_id, node_id, stamp, kind, error_type, error_message, traceback, attempts,
@@ -108,7 +116,7 @@ def wire_rows(failures: Iterable[Mapping[str, Any]]) -> WireRows:
         shas = []
         for text in (input_context, memory, graph):
             if text is not None and text not in hashes:
-                hashes[text] = _sha256(text)
+                hashes[text] = _snapshot_key(text)
             shas.append(None if text is None else hashes[text])
         rows.append((
             failure_id, session_id, agent_id, node_id, ts, kind, error_type or "unknown", error_message or "",
