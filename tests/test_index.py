@@ -177,9 +177,9 @@ def test_snapshots_are_content_addressed_and_stored_once(db_location: str) -> No
         (blobs,) = index._db.fetchone("SELECT COUNT(*) FROM blobs")
         assert blobs == 1 + 20  # one graph snapshot, twenty distinct contexts
         assert index.recent(limit=1)[0].graph_snapshot == graph
-        # The key: the first 160 bits of the content's SHA-256, in base32 (32 characters, not 64).
+        # The key: the first 168 bits of the content's SHA-256, in base64 (28 characters, not 64).
         for key, content in index._db.fetchall("SELECT sha256, content FROM blobs"):
-            assert key == base64.b32encode(hashlib.sha256(content.encode()).digest()[:20]).decode().lower()
+            assert key == base64.b64encode(hashlib.sha256(content.encode()).digest()[:21]).decode()
 
 
 def test_sqlite_snapshots_are_deflated_and_read_back_through_the_blobs_view(db_path: Path) -> None:

@@ -9,7 +9,7 @@ transaction, and a few SQL fragments (scalar ``max`` vs ``GREATEST``, SQLite's `
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import json
 import re
@@ -38,18 +38,18 @@ def redact(url: str) -> str:
 
 
 def _snapshot_key(text: str) -> str:
-    """A snapshot's key in the ``sha256`` columns: the first 160 bits of its SHA-256, in base32.
+    """A snapshot's key in the ``sha256`` columns: the first 168 bits of its SHA-256, in base64.
 
-    32 characters where the hex of all 256 bits took 64: a key is in each failure's row three
+    28 characters where the hex of all 256 bits took 64: a key is in each failure's row three
     times and twice per snapshot (its row and the index on it), so at 1M failures that was a
-    tenth of a SQLite file (250 bytes a failure). 160 bits keep collisions out of reach (git's
-    ids are as long). Keys written before are 64 hex digits and stay valid: a key is only ever
+    tenth of a SQLite file (250 bytes a failure). 168 bits keep collisions out of reach (git's
+    ids have 160). Keys written before are 64 hex digits and stay valid: a key is only ever
     compared whole. Fed in pieces, which hashlib hashes without giving up the GIL (it does above 2 KiB).
     """
     data, digest = text.encode("utf-8"), hashlib.sha256()
     for start in range(0, len(data), 2000):
         digest.update(data[start:start + 2000])
-    return base64.b32encode(digest.digest()[:20]).decode("ascii").lower()
+    return binascii.b2a_base64(digest.digest()[:21], newline=False).decode("ascii")
 
 
 def _ts(value: datetime) -> float:
