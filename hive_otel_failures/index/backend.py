@@ -81,8 +81,8 @@ class WireRows(NamedTuple):
     blobs: list[tuple[str, str, int]]  # (sha256, content, size), each snapshot once
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+# One encoder: json.dumps with options other than the defaults builds a new one per call.
+_dumps = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 
 
 def _dumps_list(value: Any) -> str:
