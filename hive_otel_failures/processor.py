@@ -48,6 +48,11 @@ _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
 # full collection every ~10k failures; the plain SDK none in 100k.
 _Queued = tuple[Any, ...]
 _HEAD = 6  # the span's part of a queued tuple; failures follow in threes
+# The constructor waits this long for the writer to open the index, while the application is not
+# busy yet: each SQLite call gives the GIL up, and beside four busy threads opening a file took
+# 1.3 s (creating one 5.6 s); a storm that started at once then filled the queue before the
+# first write. An index that takes longer (locked by another process's migration) opens later.
+_OPEN_WAIT = 0.5
 
 
 def _keys_values(event: Event) -> tuple[tuple[str, ...], tuple[Any, ...]]:
@@ -139,6 +144,7 @@ class FailureIndexProcessor(SpanProcessor):
         self._warned: set[str] = set()
         self._writer = threading.Thread(target=self._run, name="hive-failures-writer", daemon=True)
         self._writer.start()
+        self._opened.wait(_OPEN_WAIT)
 
     # --- application thread: check and enqueue, nothing else ---------------------------------
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:

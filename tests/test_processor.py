@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
 import hive_otel_failures as hof
-from hive_otel_failures import semconv
+from hive_otel_failures import FailureIndexProcessor, semconv
 
 from .conftest import Pipeline
 
@@ -180,6 +180,16 @@ def test_a_malformed_failure_event_is_counted_and_the_rest_of_the_batch_kept(pip
     pipeline.flush()
     stats = pipeline.processor.stats()
     assert stats.errors == 1 and stats.written == 1
+
+
+def test_the_index_is_open_when_the_processor_is_made(db_path: Path) -> None:
+    """Opened while the application is not busy yet: beside busy threads each SQLite call waits for the GIL."""
+    processor = FailureIndexProcessor(db_path)
+    try:
+        with sqlite3.connect(db_path) as conn:  # no flush: the constructor waited for the writer to open it
+            assert conn.execute("PRAGMA user_version").fetchone()[0] > 0
+    finally:
+        processor.shutdown()
 
 
 def test_a_flush_means_the_index_exists_even_before_any_failure(db_path: Path) -> None:
