@@ -526,7 +526,7 @@ def _compiled(text: str) -> _Expression:
     if found is None:
         found = compile_expression(text)
         if len(_COMPILED) >= 1024:
-            _COMPILED.pop(next(iter(_COMPILED)))
+            _COMPILED.clear()  # atomic, where popping the oldest could race another thread's
         _COMPILED[text] = found
     return found
 
@@ -551,8 +551,10 @@ def _check(conditions: list[tuple[Condition, Any]], step: Step, skip: Iterable[s
                 continue
             if isinstance(test, str):  # a named check: from now on, what it names
                 test = _named(test)
-            if isinstance(test, ConditionError):  # kept with its declaration: raised afresh each time
-                raise test.with_traceback(None)
+            if isinstance(test, ConditionError):  # kept with its declaration (and shared): never raised,
+                _broken(f"error:{condition.id}", f"condition {condition.id!r} could not be checked: "
+                                                 f"{type(test).__name__}: {test}")  # so no frame stays on it
+                continue
             if isinstance(test, _Expression):
                 if names is None:
                     names = step.names()

@@ -4,10 +4,12 @@ success criteria, named checks and user conditions, and what their violations be
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -479,6 +481,23 @@ def test_a_goal_changed_in_place_is_read_afresh_on_the_next_run() -> None:
     goal.success_criteria[0].target = True  # a key equal to 1's, but a declaration of its own
     (violation,) = ConditionSet(goal).check_criteria(Step(output={"v": 2}))
     assert violation.condition.check == "output equals True"
+
+
+def test_a_broken_declaration_keeps_no_step_alive() -> None:
+    """Its error is kept with the declaration and shared by every run: it must hold no frame of a check."""
+    class Output(dict):
+        pass
+
+    goal = refund_goal(Constraint(id="refused", description="", constraint_type="hard", check="__import__('os')"))
+    before = hof.condition_stats()
+    output = Output(amount=3)
+    alive = weakref.ref(output)
+    for _ in range(2):  # built once, then taken from the cache
+        assert ConditionSet(goal).check_constraints(Step(output=output)) == []
+    del output
+    gc.collect()
+    assert alive() is None
+    assert hof.condition_stats().errors == before.errors + 2
 
 
 def test_user_condition_on_tool_calls_and_memory() -> None:
