@@ -182,6 +182,29 @@ def test_snapshots_are_content_addressed_and_stored_once(db_location: str) -> No
             assert key == base64.b64encode(hashlib.sha256(content.encode()).digest()[:21]).decode()
 
 
+@pytest.mark.parametrize("parameter_limit", [None, 999])  # 999: SQLite's smallest build, 32 rows a statement
+def test_a_batch_larger_than_one_statement_is_written_whole(db_path: Path, parameter_limit: int | None) -> None:
+    with hof.open_index(db_path) as index:
+        if parameter_limit:
+            index._db._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, parameter_limit)
+        runs = [hof.RunOutcome(session_id=f"s{i}", agent_id="report-agent", success=False) for i in range(1500)]
+        assert index.add([failure(i, error_message=f"could not parse row {i % 3}") for i in range(1500)], runs) == 1500
+        assert index.stats().failures == 1500 and index.stats().runs == 1500
+        assert sorted(p.count for p in index.patterns()) == [1500]
+        assert index._db.fetchone("SELECT count(*) FROM temp.batch_in") == (0,)
+
+
+def test_a_batch_that_fails_in_its_last_statement_leaves_nothing_behind(db_path: Path) -> None:
+    with hof.open_index(db_path) as index:
+        bad_run = (None, "", None, 0.0, 0.0, 0, None, 0)  # no session: the runs row cannot be written
+        with pytest.raises(sqlite3.IntegrityError, match="runs.session_id"):  # 700 rows: two statements
+            index.add_prepared([to_attributes(prepare(failure(i))) for i in range(700)], [bad_run])
+        assert index._db.fetchone("SELECT count(*) FROM temp.batch_in") == (0,)
+        assert index.stats().failures == 0
+        assert index.add([failure(i) for i in range(700)]) == 700
+        assert index.stats().failures == 700
+
+
 def test_sqlite_snapshots_are_deflated_and_read_back_through_the_blobs_view(db_path: Path) -> None:
     """Stored deflated in blob_z, with the file's dictionary once a batch has enough snapshot text."""
     contexts = [{"row": i, "text": f"order {i} of customer {i * 7} awaits a refund " * 20} for i in range(40)]

@@ -26,14 +26,15 @@ from .schema import MIGRATIONS
 if TYPE_CHECKING:
     from .deflate import Deflater
 
-# The writer hands SQLite a whole batch in one statement, and a trigger writes it: the batch's
-# failures rows go in as bound parameters, rows of the temporary table batch_in, and a last row
-# carries the rest as JSON (blobs, runs) and one BLOB (the snapshots' bytes); inserting that row
-# writes blobs, failures (an id already stored is skipped), their patterns and hourly/daily
-# counters, run outcomes. Each SQLite call gives up the GIL, and beside a busy application thread
-# every hand-off costs the writer a switch interval (5 ms) to get it back; one statement per batch
-# keeps it writing. Parameters, not JSON, for the failures: SQLite binds them as executemany does,
-# where encoding ~1 KB rows to JSON and extracting 24 values from each cost twice the insert.
+# The writer hands SQLite a batch in as few statements as it can, and a trigger writes it: the
+# batch's failures rows go in as bound parameters, rows of the temporary table batch_in (up to
+# _ROWS a statement), and the last statement's last row carries the rest as JSON (blobs, runs)
+# and one BLOB (the snapshots' bytes); inserting that row writes blobs, failures (an id already
+# stored is skipped), their patterns and hourly/daily counters, run outcomes. Each SQLite call
+# gives up the GIL, and beside a busy application thread every hand-off costs the writer a switch
+# interval (5 ms) to get it back; few statements per batch keep it writing. Parameters, not JSON,
+# for the failures: SQLite binds them as executemany does, where encoding ~1 KB rows to JSON and
+# extracting 24 values from each cost twice the insert.
 # A session counts for a pattern on its first failure of that pattern in the file (in the hour
 # and day of that failure); the pattern shows its newest failure.
 _BATCH_SCHEMA = (
@@ -105,11 +106,17 @@ _BATCH_SCHEMA = (
 )
 _json_rows = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
 _WIDTH = len(FAILURE_COLUMNS.split(","))
-# A batch's failures rows are padded with rows of NULLs to a multiple of _PAD, so that its statement
-# is one of a few that SQLite's statement cache keeps (preparing 512 rows' worth costs 1.4 ms), and
-# go in statements of at most _ROWS (a prepared statement holds ~2.4 KB a row: 16 of them 10 MB).
+# A batch's failures rows go in statements of at most _ROWS, the last one padded with rows of NULLs
+# to a power of two from _PAD up, so that every statement is one of six the connection's statement
+# cache keeps (preparing 512 rows' worth costs 1.4 ms; a prepared statement holds ~2.4 KB a row, so
+# the six hold ~3.5 MB, where padding to multiples of 32 made up to 17 of them, 19 MB).
 _PAD = 32
 _ROWS = 512
+
+
+def _padded(rows: int, most: int) -> int:
+    """The rows of the statement that takes ``rows`` (<= ``most``): a power of two from _PAD, or ``most``."""
+    return min(most, max(_PAD, 1 << (rows - 1).bit_length()))
 
 
 @functools.lru_cache(maxsize=None)
@@ -256,6 +263,7 @@ class SQLiteBackend(Backend):
         self.location = str(path)
         self._lock = threading.RLock()
         self._batch_ready = False  # the temp objects add_batch writes through exist on this connection
+        self._rows_per_statement = _PAD  # set with them: SQLite's limit on bound parameters, per build
         self._batch_end = 0.0  # when the last batch was written (monotonic): is the writer behind?
         self._raw: deque[str] = deque(maxlen=200_000)  # snapshots this writer stored undeflated, oldest first
         if not self.path.exists():
@@ -352,7 +360,7 @@ class SQLiteBackend(Backend):
                     self._conn.execute(statement)
                 # whole _PAD rows, and the last row's 3 (SQLite's minimum limit, 999, allows 32 rows)
                 limit = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-                self._per_statement = max(_PAD, min(_ROWS, (limit - 3) // _WIDTH // _PAD * _PAD))
+                self._rows_per_statement = max(_PAD, min(_ROWS, (limit - 3) // _WIDTH // _PAD * _PAD))
                 self._batch_ready = True
             codec = self._blobs
             if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
@@ -368,14 +376,14 @@ class SQLiteBackend(Backend):
                 blobs.append((sha, at, len(z), size))
                 zs.append(z)
                 at += len(z)
-            *chunks, last = [rows.failures[i:i + self._per_statement]
-                             for i in range(0, len(rows.failures), self._per_statement)] or [[]]
+            most = self._rows_per_statement
+            *chunks, last = [rows.failures[i:i + most] for i in range(0, len(rows.failures), most)] or [[]]
             try:
-                for chunk in chunks:  # more rows than a statement may bind (SQLite's limit, per build)
+                for chunk in chunks:  # more rows than one statement takes (_ROWS, or SQLite's limit)
                     self._conn.execute(_insert_batch(len(chunk), False), [*chain.from_iterable(chunk)])
                 # One statement, so its own transaction: it takes the write lock before it reads (the
                 # busy timeout applies) and commits or rolls back whole.
-                padding = -len(last) % _PAD
+                padding = _padded(len(last), most) - len(last)
                 self._conn.execute(_insert_batch(len(last) + padding, True), [
                     *chain.from_iterable(last), *(None,) * (padding * _WIDTH), _json_rows(blobs), _json_rows(runs),
                     b"".join(zs)])

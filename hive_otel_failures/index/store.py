@@ -153,8 +153,9 @@ class FailureIndex:
         """Store failures in their ``hive.failure`` attribute form, already prepared (record_failure).
 
         This is how the span processor writes: no second scrub, no model round trip. A
-        malformed entry raises FailureIndexError and nothing of the call is written. A run is
-        a RunOutcome or its row as ``run_row`` makes it (the processor's, from run events).
+        malformed entry raises FailureIndexError, a row the database refuses raises the
+        database's error; either way nothing of the call is written. A run is a RunOutcome or
+        its row as ``run_row`` makes it (the processor's, from run events).
         """
         rows = wire_rows(failures)
         return self._db.add_batch(rows, [run if type(run) is tuple else run_row(run) for run in runs])
