@@ -265,6 +265,12 @@ def test_version_is_the_package_version() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == expected
 
 
+@pytest.mark.parametrize("command", [[], ["queen"]])
+def test_no_command_shows_the_help_and_exits_2(command: list[str]) -> None:
+    code, out = run(*command)
+    assert code == 2 and out.startswith("Usage: hive-failures") and "Commands:" in out
+
+
 def test_help_documents_the_exit_codes() -> None:
     code, out = run("--help")
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())

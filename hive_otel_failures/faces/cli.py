@@ -44,6 +44,12 @@ class _JsonErrorsGroup(click.Group):
 
     group_class = type  # subgroups (queen) behave alike
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:  # no command: its help, as a usage error (2) on any
+            click.echo(ctx.get_help(), err=True)    # click (8.1 exits 0 where 8.2 on exits 2)
+            ctx.exit(EXIT_BAD_INPUT)
+        return super().parse_args(ctx, args)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         commands = [(name, command) for name in self.list_commands(ctx)
                     if (command := self.get_command(ctx, name)) is not None and not command.hidden]
