@@ -68,7 +68,7 @@ _TEXT = (str, type(None))
 _RUN_GETTERS: dict[tuple[str, ...], itemgetter[Any]] = {}  # by an event's keys (a few orders): _RUN_KEYS' values
 
 
-def _run_row(keys: tuple[str, ...], values: tuple[Any, ...], start_ns: int, end_ns: int) -> tuple[Any, ...]:
+def _run_row_of_event(keys: tuple[str, ...], values: tuple[Any, ...], start_ns: int, end_ns: int) -> tuple[Any, ...]:
     """The runs row of a hive.run event: what run_from_attributes and run_row make of it.
 
     Those build a pydantic model, twice the writer's other work per run (5 runs a failure);
@@ -117,7 +117,11 @@ def _cause(exc: BaseException) -> str:
 
 
 class FailureIndexProcessor(SpanProcessor):
-    """Writes every span carrying a ``hive.failure`` event (and every run outcome) to the index."""
+    """Writes every span carrying a ``hive.failure`` event (and every run outcome) to the index.
+
+    Its writer thread opens the index; the constructor waits for that up to half a second
+    (about 10 ms for a local file), so that the opening is done before the application is busy.
+    """
 
     def __init__(self, index: FailureIndex | str | os.PathLike[str] | None = None, *,
                  max_queue_size: int | None = None, max_batch_size: int = 2048,
@@ -125,7 +129,7 @@ class FailureIndexProcessor(SpanProcessor):
         self._max_queue = max(1, max_queue_size or int(os.environ.get(semconv.ENV_QUEUE_SIZE, "10000")))
         # 2048 spans (~400 failures and their runs) a transaction, not the SDK's 512: beside a busy
         # application thread the writer waits a switch interval (5 ms) for the GIL after each one,
-        # and draining a backlog there it indexed 19% more (3,900 failures/s, 4,600 with 2048).
+        # and draining a backlog there it indexed 19% more with 2048 (writer_throughput.py, 3).
         self._max_batch = max(1, max_batch_size)
         self._min_batch = max(1, self._max_batch // 8)
         self._batch_limit = self._min_batch  # records in the next transaction: see _learn
@@ -252,7 +256,7 @@ class FailureIndexProcessor(SpanProcessor):
                     self._error("malformed failure event", exc)
             if run_keys is not None:
                 try:
-                    runs.append(_run_row(run_keys, run_values, start_time or 0, end_time or 0))
+                    runs.append(_run_row_of_event(run_keys, run_values, start_time or 0, end_time or 0))
                 except Exception as exc:  # noqa: BLE001
                     self._error("malformed run event", exc)
         index = self._open()

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -186,7 +187,7 @@ def test_the_index_is_open_when_the_processor_is_made(db_path: Path) -> None:
     """Opened while the application is not busy yet: beside busy threads each SQLite call waits for the GIL."""
     processor = FailureIndexProcessor(db_path)
     try:
-        with sqlite3.connect(db_path) as conn:  # no flush: the constructor waited for the writer to open it
+        with closing(sqlite3.connect(db_path)) as conn:  # no flush: the constructor waited for the writer
             assert conn.execute("PRAGMA user_version").fetchone()[0] > 0
     finally:
         processor.shutdown()
