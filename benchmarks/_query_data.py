@@ -51,7 +51,7 @@ PATTERNS = 300
 DAYS = 30
 RUNS_PER_FAILURE = 5
 FAILURES_PER_SESSION = ((1, 0.70), (2, 0.20), (3, 0.10))  # mean 1.4: ~14% of runs fail
-BATCH = 512  # the processor's max_batch_size
+BATCH = 512  # failures per add_prepared call (the SDK's batch size; the processor's transactions take up to 2048 spans)
 _P = semconv.FAILURE_PREFIX
 
 _WORDS = [

@@ -42,7 +42,7 @@ def _snapshot_key(text: str) -> str:
 
     28 characters where the hex of all 256 bits took 64: a key is in each failure's row three
     times and twice per snapshot (its row and the index on it), so at 1M failures that was a
-    tenth of a SQLite file (250 bytes a failure). 168 bits keep collisions out of reach (git's
+    tenth of a SQLite file (280 bytes a failure). 168 bits keep collisions out of reach (git's
     ids have 160). Keys written before are 64 hex digits and stay valid: a key is only ever
     compared whole. Fed in pieces, which hashlib hashes without giving up the GIL (it does above 2 KiB).
     """
