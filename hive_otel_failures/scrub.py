@@ -429,8 +429,9 @@ def _redacted(value: Any) -> Any:
 
 @functools.lru_cache(maxsize=4096)
 def _clean_key(name: str) -> tuple[str, int]:
+    name = encodable(name)  # judged as stored (NUL and lone surrogates replaced), so a second pass agrees
     kind = _key_class(name)
-    clean = redact_text(encodable(name))
+    clean = redact_text(name)
     if clean == name and kind != _ID and _looks_random_key(name):
         clean = REDACTED
     return clean, kind

@@ -119,6 +119,11 @@ def test_prepare_is_idempotent() -> None:
     record = hof.FailureRecord(error_message="token=abcdef123456 at /tmp/x", input_context={"api_key": "k" * 20})
     once = prepare(record)
     assert prepare(once) == once
+    # A key whose NUL hid it from the random-key rule the first time (found by hypothesis below).
+    call = hof.ToolCallAttempt(tool_name="t", arguments={"000000123456789:;A\x00a": 1})
+    record = hof.FailureRecord(tool_calls=[call])
+    once = prepare(record)
+    assert prepare(once) == once and list(once.tool_calls[0].arguments) == ["[REDACTED]"]
 
 
 tiny = Limits(max_field_bytes=600, max_string_chars=200, max_items=4)
