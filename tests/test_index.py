@@ -247,6 +247,24 @@ def test_a_writer_behind_stores_snapshots_as_they_are_and_deflates_them_once_it_
             f"s{i}": contexts[i] for i in range(60)}
 
 
+def test_a_long_backlog_is_deflated_a_part_at_a_time(db_path: Path) -> None:
+    """Up to 512 snapshots per batch that keeps up, the rest of the backlog's range with the next ones."""
+    def raw_snapshots(index) -> int:
+        return index._db.fetchone("SELECT count(*) FROM blob_z WHERE substr(z, 1, 1) = x'ff'")[0]
+
+    prepared = [to_attributes(prepare(failure(i, input_context={"row": i, "text": "refund pending " * 30})))
+                for i in range(720)]
+    with hof.open_index(db_path, create=True) as writer:
+        writer.add_prepared(prepared[:20])
+        writer.add_prepared(prepared[20:])  # right after: behind, stored as they are
+        assert raw_snapshots(writer) == 700
+        for left in (700 - 512, 0):
+            time.sleep(2 * _BEHIND_GAP)
+            writer.add_prepared([])  # keeps up: deflates the next part
+            assert raw_snapshots(writer) == left
+        assert len(writer.recent(limit=1000)) == 720
+
+
 def test_the_writers_deflate_without_the_gil_gives_what_pythons_zlib_gives() -> None:
     """The ctypes path (which keeps the GIL) and Python's zlib write the same bytes, with a dictionary or not."""
     import zlib

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 _BATCH_SCHEMA = (
     # The last row: blobs is [sha256, offset, length, size] of each snapshot's deflated bytes within zs.
     f"CREATE TEMP TABLE IF NOT EXISTS batch_in ({FAILURE_COLUMNS}, blobs TEXT, runs TEXT, zs BLOB)",
-    "CREATE TEMP TABLE IF NOT EXISTS batch_mark (stored_before INTEGER NOT NULL, added INTEGER)",
+    "CREATE TEMP TABLE IF NOT EXISTS batch_mark (stored_before INTEGER NOT NULL, added INTEGER, blobs_before INTEGER)",
     # The failures this batch added: whether each is its session's first of its pattern, and what
     # the counters group by, so that nothing below reads the failures table twice.
     """CREATE TEMP TABLE IF NOT EXISTS batch_fresh (
@@ -51,7 +51,8 @@ _BATCH_SCHEMA = (
     CREATE TEMP TRIGGER IF NOT EXISTS batch_written AFTER INSERT ON batch_in WHEN new.runs IS NOT NULL BEGIN
         DELETE FROM batch_mark;
         DELETE FROM batch_fresh;
-        INSERT INTO batch_mark (stored_before) SELECT coalesce(max(rowid), 0) FROM failures;
+        INSERT INTO batch_mark (stored_before, blobs_before)
+            SELECT coalesce(max(rowid), 0), (SELECT coalesce(max(rowid), 0) FROM blob_z) FROM failures;
         INSERT OR IGNORE INTO blob_z (sha256, size, z)
             SELECT value ->> 0, value ->> 3, substr(new.zs, value ->> 1, value ->> 2) FROM json_each(new.blobs);
         INSERT INTO failures ({FAILURE_COLUMNS})
@@ -265,7 +266,9 @@ class SQLiteBackend(Backend):
         self._batch_ready = False  # the temp objects add_batch writes through exist on this connection
         self._rows_per_statement = _PAD  # set with them: SQLite's limit on bound parameters, per build
         self._batch_end = 0.0  # when the last batch was written (monotonic): is the writer behind?
-        self._raw: deque[str] = deque(maxlen=200_000)  # snapshots this writer stored undeflated, oldest first
+        # Rowid ranges of blob_z where this writer stored snapshots undeflated, oldest first: a
+        # range per batch that was behind, not a key per snapshot (200k keys held ~15 MB).
+        self._raw: deque[tuple[int, int]] = deque(maxlen=100_000)
         if not self.path.exists():
             if not create:
                 raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
@@ -372,7 +375,6 @@ class SQLiteBackend(Backend):
                     z = codec.deflate(sha, text)
                 elif (z := codec.deflated(sha)) is None:  # an agent's graph recurs: deflated already
                     z = _RAW_HEAD + text.encode("utf-8")
-                    self._raw.append(sha)
                 blobs.append((sha, at, len(z), size))
                 zs.append(z)
                 at += len(z)
@@ -391,23 +393,35 @@ class SQLiteBackend(Backend):
                 if chunks:
                     self._conn.execute("DELETE FROM batch_in")
                 raise
-            added = self._conn.execute("SELECT added FROM batch_mark").fetchone()[0]
-            if not behind and self._raw:
+            added, blobs_before, blobs_after = self._conn.execute(
+                "SELECT added, blobs_before, (SELECT coalesce(max(rowid), 0) FROM blob_z) FROM batch_mark").fetchone()
+            if behind and blobs_after > blobs_before:
+                if self._raw and self._raw[-1][1] == blobs_before:  # right after the last one: one range
+                    self._raw[-1] = (self._raw[-1][0], blobs_after)
+                else:
+                    self._raw.append((blobs_before + 1, blobs_after))
+            elif not behind and self._raw:
                 self._catch_up()
             self._batch_end = time.monotonic()
             return added
 
     def _catch_up(self) -> None:
         """Deflate up to _CATCH_UP snapshots this writer stored as they were; on an error they stay so."""
-        shas = [self._raw.popleft() for _ in range(min(_CATCH_UP, len(self._raw)))]
         try:
-            stored = self._conn.execute(f"SELECT sha256, z FROM blob_z WHERE sha256 IN ({', '.join('?' * len(shas))})",
-                                        shas).fetchall()
-            deflated = [(self._blobs.deflate(sha, z[1:].decode("utf-8")), sha) for sha, z in stored if z[0] == _RAW]
+            stored: list[tuple[int, str, bytes]] = []
+            while self._raw and len(stored) < _CATCH_UP:
+                low, high = self._raw.popleft()
+                found = self._conn.execute(
+                    "SELECT rowid, sha256, z FROM blob_z WHERE rowid BETWEEN ? AND ? AND substr(z, 1, 1) = ? "
+                    "ORDER BY rowid LIMIT ?", (low, high, _RAW_HEAD, _CATCH_UP - len(stored))).fetchall()
+                stored += found
+                if len(stored) == _CATCH_UP and found[-1][0] < high:  # the rest of the range next time
+                    self._raw.appendleft((found[-1][0] + 1, high))
+            deflated = [(self._blobs.deflate(sha, z[1:].decode("utf-8")), rowid) for rowid, sha, z in stored]
             if deflated:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._conn.executemany("UPDATE blob_z SET z = ? WHERE sha256 = ?", deflated)
+                    self._conn.executemany("UPDATE blob_z SET z = ? WHERE rowid = ?", deflated)
                     self._conn.execute("COMMIT")
                 except BaseException:
                     self._rollback()
