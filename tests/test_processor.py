@@ -21,6 +21,9 @@ from opentelemetry.trace import StatusCode
 
 import hive_otel_failures as hof
 from hive_otel_failures import FailureIndexProcessor, semconv
+from hive_otel_failures.index.backend import RUN_COLUMNS
+from hive_otel_failures.index.store import run_row
+from hive_otel_failures.record import from_time_ns, run_from_attributes
 
 from .conftest import Pipeline
 
@@ -75,6 +78,29 @@ def test_run_outcomes_become_rows_and_rates(pipeline: Pipeline) -> None:
     # On spans of another tracer the outcome sets the status, so the processor finds it cheaply.
     statuses = [s.status.status_code for s in pipeline.exporter.get_finished_spans()]
     assert statuses == [StatusCode.ERROR, StatusCode.OK, StatusCode.OK, StatusCode.OK]
+
+
+def test_a_run_events_row_is_the_one_its_model_makes(pipeline: Pipeline) -> None:
+    """The processor reads record_run's events without pydantic; odd events still go through the model."""
+    outcomes = [hof.RunOutcome(session_id="r1", agent_id="a", success=True),
+                hof.RunOutcome(session_id="r2", agent_id=None, agent_version="v3", success=False, quality="degraded",
+                               failures=3)]
+    for outcome in outcomes:
+        with pipeline.tracer.start_as_current_span("run"):
+            hof.record_run(outcome)
+    with pipeline.tracer.start_as_current_span("odd run") as span:  # an event another producer made
+        span.add_event(semconv.RUN_EVENT, {semconv.RUN_SESSION_ID: "r3", semconv.RUN_FAILURES: "2",
+                                            semconv.RUN_OUTCOME: "failure"})
+        span.set_status(StatusCode.ERROR)
+    pipeline.flush()
+    expected = []
+    for span in pipeline.exporter.get_finished_spans():
+        event = span.events[0]
+        expected.append(run_row(run_from_attributes(dict(event.attributes), from_time_ns(span.start_time),
+                                                    from_time_ns(span.end_time))))
+    with pipeline.index() as index:
+        stored = index._db.fetchall(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY session_id")
+    assert stored == sorted(expected) and [row[0] for row in stored] == ["r1", "r2", "r3"]
 
 
 def test_a_successful_run_on_an_instrumentation_span_is_indexed_with_status_unset(pipeline: Pipeline) -> None:
