@@ -101,6 +101,7 @@ def test_node_that_raises(hive: Hive) -> None:
     assert workflow.parent is None
     assert workflow.attributes["gen_ai.operation.name"] == "invoke_workflow"
     assert workflow.attributes["gen_ai.agent.id"] == "report-agent"
+    assert workflow.attributes["gen_ai.agent.name"] == "report-agent"  # the graph has no name: its id
     assert workflow.status.status_code is StatusCode.ERROR
     assert workflow.attributes["error.type"] == "builtins.ValueError"
     assert hive.children(workflow) == ["hive.node fail_node", "hive.node prepare"]
