@@ -33,15 +33,18 @@ _RUN_COLUMNS = """
         PRIMARY KEY (session_id, agent_id)
 """
 
-# SQLite's triggers that keep run_counts: made by migration 3, again where migration 4 rebuilds runs.
-_RUN_TRIGGERS = """
-    CREATE TRIGGER runs_counted AFTER INSERT ON runs BEGIN
-        INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
+# A run's row counted in run_counts at each grain (its trigger's insert, and the update's re-count).
+_COUNT_NEW_RUN = """        INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
         SELECT grain, CAST(new.started_at / grain AS INTEGER), new.agent_id, coalesce(new.agent_version, ''), 1,
                new.success = 0, new.started_at FROM grains WHERE true
         ON CONFLICT DO UPDATE SET runs = runs + 1, failed = failed + excluded.failed,
                                   first_ts = min(first_ts, excluded.first_ts);
-    END;
+"""
+
+# SQLite's triggers that keep run_counts: made by migration 3, again where migration 4 rebuilds runs.
+_RUN_TRIGGERS = f"""
+    CREATE TRIGGER runs_counted AFTER INSERT ON runs BEGIN
+{_COUNT_NEW_RUN}    END;
     CREATE TRIGGER runs_recounted AFTER UPDATE OF started_at, success, agent_version ON runs
     WHEN old.success IS NOT new.success OR old.agent_version IS NOT new.agent_version
          OR CAST(old.started_at / 3600 AS INTEGER) != CAST(new.started_at / 3600 AS INTEGER)
@@ -53,12 +56,7 @@ _RUN_TRIGGERS = """
         DELETE FROM run_counts WHERE runs = 0 AND (grain, bucket, agent_id, agent_version) IN (
             SELECT grain, CAST(old.started_at / grain AS INTEGER), old.agent_id, coalesce(old.agent_version, '')
             FROM grains);
-        INSERT INTO run_counts (grain, bucket, agent_id, agent_version, runs, failed, first_ts)
-        SELECT grain, CAST(new.started_at / grain AS INTEGER), new.agent_id, coalesce(new.agent_version, ''), 1,
-               new.success = 0, new.started_at FROM grains WHERE true
-        ON CONFLICT DO UPDATE SET runs = runs + 1, failed = failed + excluded.failed,
-                                  first_ts = min(first_ts, excluded.first_ts);
-    END;
+{_COUNT_NEW_RUN}    END;
 """
 
 MIGRATIONS_BY_STEP: list[Migration] = [
