@@ -146,8 +146,7 @@ class _Active:
         # The current context, read once (not by the tracer, its sampler and set_span_in_context each):
         # the span's parent, and what the span is made current in.
         self._parent = parent = context.get_current()
-        self.span = tracer.start_span(name, context=parent, attributes=attributes, record_exception=False,
-                                      set_status_on_exception=False)
+        self.span = _start_span(tracer, name, attributes, parent)
         self.unit, self.log_context = unit, log_context
         self._context_token = self._unit_token = self._log_token = None
 
@@ -335,9 +334,13 @@ def _graph_name(graph: Any) -> Any:
     return getattr(graph, "name", None)
 
 
-def _start_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None) -> Span:
-    """A span for a Hive step; its status and exception events are ours to set, not the SDK's."""
-    return tracer.start_span(name, attributes=attributes, record_exception=False, set_status_on_exception=False)
+def _start_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None,
+                parent: context.Context | None = None) -> Span:
+    """A span for a Hive step; its status and exception events are ours to set, not the SDK's.
+
+    ``parent``: the current context when the caller has read it already (else the tracer reads it)."""
+    return tracer.start_span(name, context=parent, attributes=attributes, record_exception=False,
+                             set_status_on_exception=False)
 
 
 class _Attempts:
@@ -365,13 +368,12 @@ class _Attempts:
 
     async def _execute(self, ctx: Any) -> Any:
         if self._span is not None:
-            self._end_open_span()
+            self._end_open_span(self._ended_at)
         unit = self.unit
         unit.attempts += 1
         parent = context.get_current()  # read once, as _Active does
-        span = self._span = self.tracer.start_span(
-            self.name, context=parent, attributes={**self.attributes, semconv.HIVE_NODE_ATTEMPT: unit.attempts},
-            record_exception=False, set_status_on_exception=False)
+        span = self._span = _start_span(
+            self.tracer, self.name, {**self.attributes, semconv.HIVE_NODE_ATTEMPT: unit.attempts}, parent)
         token = context.attach(trace.set_span_in_context(span, parent))
         try:
             result = await self._original(ctx)  # type: ignore[misc]
@@ -397,18 +399,16 @@ class _Attempts:
             self._span = _start_span(self.tracer, self.name, self.attributes)
         return self._span
 
-    def _end_open_span(self) -> None:
-        if self._span is not None:
-            self._span.end(end_time=self._ended_at)
-            self._span = None
+    def _end_open_span(self, end_time: int | None) -> None:
+        """End the open attempt's span at ``end_time`` (None: now)."""
+        span, self._span = self._span, None
+        if span is not None:
+            span.end(end_time=end_time)
 
     def close(self) -> None:
         """End the last span (now: it covers Hive's verdict on the node) and restore ``execute``."""
         try:
-            span = self._span
-            if span is not None:
-                self._span = None
-                span.end()
+            self._end_open_span(None)
             if self._original is not None:
                 if self._had_own:
                     self._node_impl.execute = self._original
