@@ -39,7 +39,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import hive_otel_failures as hof
 from _query_data import BATCH, World, generate
 from hive_otel_failures.record import from_attributes
-from processor_overhead import _writer_cpu_clock, raw_executemany, stored_rows
+from processor_overhead import raw_executemany, stored_rows, writer_cpu
 
 TABLES = ("blob_z", "failures", "patterns", "failure_counts", "runs", "run_counts")
 RUNS_PER_FAILURE_SPAN = 4  # successful runs emitted beside each failing one
@@ -244,12 +244,12 @@ def drain(pool: list[tuple[hof.FailureRecord, hof.RunOutcome]], tmp: Path, failu
         sys.setswitchinterval(interval)
         stop = threading.Event()
         app = threading.Thread(target=lambda: [emitter.one() for _ in iter(stop.is_set, True)], daemon=True)
-        clock = _writer_cpu_clock()
-        t0, c0 = time.perf_counter(), time.clock_gettime(clock)
+        clock = writer_cpu()
+        t0, c0 = time.perf_counter(), clock()
         if busy:
             app.start()
         processor.force_flush(600_000)
-        elapsed, cpu = time.perf_counter() - t0, time.clock_gettime(clock) - c0
+        elapsed, cpu = time.perf_counter() - t0, clock() - c0
         rates.append(processor.stats().written / elapsed)
         costs.append(cpu / processor.stats().written * 1e6)
         shares.append(cpu / elapsed)

@@ -1,19 +1,24 @@
 """FailureIndexProcessor: failure spans in, index rows out, never on the application's time.
 
 ``on_end`` runs on the thread that ended the span (inside Hive's agent loop). It only looks
-for ``hive.failure`` / ``hive.run`` events, on spans that may carry them, and enqueues; a
-writer thread turns attributes into records and writes them in batched transactions. The
-queue is bounded: when it is full a record is dropped and counted rather than blocking the agent.
+for ``hive.failure`` / ``hive.run`` events, on spans that may carry them, and enqueues. The
+writer is two threads: one takes a batch off the queue and turns it into the index's rows
+(Python, under the GIL) while the other writes the previous batch (SQLite, which gives the GIL
+up). Beside a busy application thread, a writer that did both in turn waited for the GIL after
+every write and got half of it for its Python; two threads keep the database busy meanwhile.
+The queue is bounded: when it is full a record is dropped and counted rather than blocking the agent.
 
-A transaction holds what the writer commits in about one flush interval (``schedule_delay_millis``),
-at most ``max_batch_size`` records: while the writer keeps up, a record is on disk within one
-interval (to be picked up) plus one transaction, so a kill -9 loses only the newest records.
+A batch is sized so that it is committed about one flush interval (``schedule_delay_millis``)
+after it was taken off the queue, at most ``max_batch_size`` records: while the writer keeps up,
+a record is on disk within one interval (to be picked up) plus one, so a kill -9 loses only
+the newest records.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -48,6 +53,9 @@ _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
 # full collection every ~10k failures; the plain SDK none in 100k.
 _Queued = tuple[Any, ...]
 _HEAD = 6  # the span's part of a queued tuple; failures follow in threes
+# A batch between the writer's threads: when it was taken off the queue, its spans, its failures
+# (prepared attributes) and run rows, and the index's prepared batch (None: write one by one).
+_Prepared = tuple[float, int, list[Mapping[str, Any]], list[tuple[Any, ...]], Any]
 # The constructor waits this long for the writer to open the index, while the application is not
 # busy yet: each SQLite call gives the GIL up, and beside four busy threads opening a file took
 # 1.3 s (creating one 5.6 s); a storm that started at once then filled the queue before the
@@ -66,6 +74,7 @@ _RUN_KEYS = (semconv.RUN_SESSION_ID, semconv.RUN_AGENT_ID, semconv.RUN_AGENT_VER
              semconv.RUN_FAILURES, semconv.RUN_OUTCOME)
 _TEXT = (str, type(None))
 _RUN_GETTERS: dict[tuple[str, ...], itemgetter[Any]] = {}  # by an event's keys (a few orders): _RUN_KEYS' values
+_NS_LIMIT = 1 << 63  # span times the SDK can make (2262-04-11); others go through the model, which clamps them
 
 
 def _run_row_of_event(keys: tuple[str, ...], values: tuple[Any, ...], start_ns: int, end_ns: int) -> tuple[Any, ...]:
@@ -84,9 +93,9 @@ def _run_row_of_event(keys: tuple[str, ...], values: tuple[Any, ...], start_ns: 
         getter = _RUN_GETTERS[keys] = itemgetter(*(keys.index(k) if k in keys else -1 for k in _RUN_KEYS))
     session_id, agent_id, version, quality, failures, outcome = getter((*values, None))  # -1: absent
     if type(session_id) is str and type(failures) is int and type(agent_id) in _TEXT and type(version) in _TEXT \
-            and type(quality) in _TEXT:
-        return (session_id, agent_id or "", version, from_time_ns(start_ns).timestamp(),
-                from_time_ns(end_ns).timestamp(), int(outcome == "success"), quality, failures)
+            and type(quality) in _TEXT and 0 <= start_ns < _NS_LIMIT and 0 <= end_ns < _NS_LIMIT:
+        return (session_id, agent_id or "", version, start_ns, end_ns,
+                int(outcome == "success"), quality, failures)
     return run_row(run_from_attributes(dict(zip(keys, values)), from_time_ns(start_ns), from_time_ns(end_ns)))
 
 
@@ -119,8 +128,8 @@ def _cause(exc: BaseException) -> str:
 class FailureIndexProcessor(SpanProcessor):
     """Writes every span carrying a ``hive.failure`` event (and every run outcome) to the index.
 
-    Its writer thread opens the index; the constructor waits for that up to half a second
-    (about 10 ms for a local file), so that the opening is done before the application is busy.
+    Its writer opens the index; the constructor waits for that up to half a second (about
+    10 ms for a local file), so that the opening is done before the application is busy.
     """
 
     def __init__(self, index: FailureIndex | str | os.PathLike[str] | None = None, *,
@@ -140,13 +149,15 @@ class FailureIndexProcessor(SpanProcessor):
         self._owns_index = self._index is None
         self._location = None if isinstance(index, FailureIndex) else index
         self._cond = threading.Condition()  # writer -> force_flush: "a batch is done"
-        self._in_flight = 0  # records taken off the queue, not yet written
+        self._in_flight = 0  # records taken off the queue, not yet written (under _cond)
+        self._prepared: queue.Queue[_Prepared | None] = queue.Queue(maxsize=1)  # one batch ahead of the database
         self._wake = threading.Event()
         self._opened = threading.Event()  # the writer tried to open the index (force_flush waits for it)
         self._stopping = threading.Event()
         self._written = self._runs_written = self._dropped = self._errors = 0
         self._warned: set[str] = set()
         self._writer = threading.Thread(target=self._run, name="hive-failures-writer", daemon=True)
+        self._database = threading.Thread(target=self._write_prepared, name="hive-failures-writer-db", daemon=True)
         self._writer.start()
         self._opened.wait(_OPEN_WAIT)
 
@@ -200,36 +211,53 @@ class FailureIndexProcessor(SpanProcessor):
             self._warned.add(key)
             _log.warning(message, *args)
 
-    # --- writer thread ---------------------------------------------------------------------
+    # --- writer threads ----------------------------------------------------------------------
     def _run(self) -> None:
+        """The writer's first thread: opens the index, takes batches off the queue, prepares them."""
         with suppress_instrumentation():
             self._open()  # early, so readers find the index even before the first failure
+            self._database.start()
             self._opened.set()
-            while True:
-                # Wake per batch or per delay, not per record: fewer GIL hand-offs with the app.
-                self._wake.wait(self._delay)
-                self._wake.clear()
-                while self._queue:
-                    size = min(self._batch_limit, len(self._queue))
-                    self._in_flight = size  # set before popping, so force_flush never sees zero early
-                    batch = [self._queue.popleft() for _ in range(size)]
-                    started = time.monotonic()
-                    self._write(batch)
-                    self._learn(size, time.monotonic() - started)
-                    with self._cond:
-                        self._in_flight = 0
-                        self._cond.notify_all()
-                if self._stopping.is_set() and not self._queue:
-                    break
+            try:
+                while True:
+                    # Wake per batch or per delay, not per record: fewer GIL hand-offs with the app.
+                    self._wake.wait(self._delay)
+                    self._wake.clear()
+                    while self._queue:
+                        size = min(self._batch_limit, len(self._queue))
+                        with self._cond:  # before popping, so force_flush never sees zero early
+                            self._in_flight += size
+                        taken = time.monotonic()
+                        batch = [self._queue.popleft() for _ in range(size)]
+                        self._prepared.put(self._prepare(batch, size, taken))  # waits while one is ahead
+                    if self._stopping.is_set() and not self._queue:
+                        break
+            finally:
+                self._prepared.put(None)
+                self._database.join()
         if self._owns_index and self._index is not None:
             self._index.close()
 
-    def _learn(self, size: int, seconds: float) -> None:
-        """Size the next transaction so that it takes about one flush interval, at most max_batch.
+    def _write_prepared(self) -> None:
+        """The writer's second thread: writes each prepared batch, then counts it."""
+        with suppress_instrumentation():
+            while (prepared := self._prepared.get()) is not None:
+                taken, size, failures, runs, batch = prepared
+                written, runs_written, errors = self._write(failures, runs, batch)
+                self._learn(size, time.monotonic() - taken)
+                with self._cond:
+                    self._in_flight -= size
+                    self._written += written
+                    self._runs_written += runs_written
+                    self._errors += errors
+                    self._cond.notify_all()
 
-        A record then waits at most one interval to be picked up and one transaction to be
-        committed, while the writer keeps up. The records per second of the last transaction
-        predict the next one's; the floor keeps per-transaction costs from eating throughput.
+    def _learn(self, size: int, seconds: float) -> None:
+        """Size the next batch so that it is committed about one flush interval after it is taken.
+
+        A record then waits at most one interval to be picked up and one to be committed, while
+        the writer keeps up. The records per second of the last batch predict the next one's;
+        the floor keeps per-transaction costs from eating throughput.
         """
         fits = int(size * self._delay / seconds) if seconds > 0 else self._max_batch
         self._batch_limit = max(self._min_batch, min(self._max_batch, fits))
@@ -243,7 +271,8 @@ class FailureIndexProcessor(SpanProcessor):
                 return None
         return self._index
 
-    def _write(self, batch: list[_Queued]) -> None:
+    def _prepare(self, batch: list[_Queued], size: int, taken: float) -> _Prepared:
+        """The batch's failures and run rows, and the index's prepared batch of them (None: one by one)."""
         failures: list[Mapping[str, Any]] = []
         runs: list[tuple[Any, ...]] = []
         for queued in batch:
@@ -259,23 +288,29 @@ class FailureIndexProcessor(SpanProcessor):
                     runs.append(_run_row_of_event(run_keys, run_values, start_time or 0, end_time or 0))
                 except Exception as exc:  # noqa: BLE001
                     self._error("malformed run event", exc)
-        index = self._open()
+        index, prepared = self._open(), None
+        if index is not None:
+            try:
+                prepared = index.prepare_batch(failures, runs)
+            except Exception as exc:  # noqa: BLE001 - find the bad entry, keep the others
+                self._warn_once("batch", "hive-failures: batch write failed, retrying one by one: %s", _cause(exc))
+        return taken, size, failures, runs, prepared
+
+    def _write(self, failures: list[Mapping[str, Any]], runs: list[tuple[Any, ...]],
+               batch: Any) -> tuple[int, int, int]:
+        """Failures and runs written, and records that could not be."""
+        index = self._index
         if index is None:
-            with self._cond:
-                self._errors += len(failures) + len(runs)
-            return
-        try:
-            index.add_prepared(failures, runs)
-            written, runs_written = len(failures), len(runs)
-        except Exception as exc:  # noqa: BLE001 - find the bad entry, keep the others
-            self._warn_once("batch", "hive-failures: batch write failed, retrying one by one: %s", _cause(exc))
-            written = -1
-        if written < 0:  # outside the handler, so that a retry's error is logged as itself
-            written = sum(self._try_add(index, [f], []) for f in failures)
-            runs_written = sum(self._try_add(index, [], [r]) for r in runs)
-        with self._cond:
-            self._written += written
-            self._runs_written += runs_written
+            return 0, 0, len(failures) + len(runs)
+        if batch is not None:
+            try:
+                index.write_batch(batch)
+                return len(failures), len(runs), 0
+            except Exception as exc:  # noqa: BLE001 - find the bad entry, keep the others
+                self._warn_once("batch", "hive-failures: batch write failed, retrying one by one: %s", _cause(exc))
+        written = sum(self._try_add(index, [f], []) for f in failures)  # outside the handler: errors as themselves
+        runs_written = sum(self._try_add(index, [], [r]) for r in runs)
+        return written, runs_written, 0
 
     @staticmethod
     def _wire(attributes: dict[str, Any], trace_id: int | None, span_id: int | None,

@@ -194,6 +194,19 @@ def test_a_batch_larger_than_one_statement_is_written_whole(db_path: Path, param
         assert index._db.fetchone("SELECT count(*) FROM temp.batch_in") == (0,)
 
 
+def test_a_prepared_batch_is_written_only_by_write_batch(db_path: Path) -> None:
+    """add_prepared's two halves, as the processor's two threads call them: preparing writes nothing."""
+    with hof.open_index(db_path) as index:
+        runs = [hof.RunOutcome(session_id=f"s{i}", agent_id="report-agent", success=False) for i in range(3)]
+        first = index.prepare_batch([to_attributes(prepare(failure(i))) for i in range(3)], runs)
+        second = index.prepare_batch([to_attributes(prepare(failure(i))) for i in range(3, 5)])
+        assert index.stats().failures == 0 and index.stats().runs == 0
+        index.write_batch(second)
+        index.write_batch(first)
+        assert index.stats().failures == 5 and index.stats().runs == 3
+        assert sorted(r.session_id for r in index.recent(limit=10)) == [f"s{i}" for i in range(5)]
+
+
 def test_a_batch_that_fails_in_its_last_statement_leaves_nothing_behind(db_path: Path) -> None:
     with hof.open_index(db_path) as index:
         bad_run = (None, "", None, 0.0, 0.0, 0, None, 0)  # no session: the runs row cannot be written

@@ -96,11 +96,16 @@ def test_a_run_events_row_is_the_one_its_model_makes(pipeline: Pipeline) -> None
     expected = []
     for span in pipeline.exporter.get_finished_spans():
         event = span.events[0]
-        expected.append(run_row(run_from_attributes(dict(event.attributes), from_time_ns(span.start_time),
-                                                    from_time_ns(span.end_time))))
+        session, agent, version, started_ns, ended_ns, *rest = run_row(run_from_attributes(
+            dict(event.attributes), from_time_ns(span.start_time), from_time_ns(span.end_time)))
+        expected.append((session, agent, version, from_time_ns(started_ns), from_time_ns(ended_ns), *rest))
     with pipeline.index() as index:
-        stored = index._db.fetchall(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY session_id")
-    assert stored == sorted(expected) and [row[0] for row in stored] == ["r1", "r2", "r3"]
+        rows = index._db.fetchall(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY session_id")
+    def read(ts: float) -> datetime:  # as readers read a time: the same microsecond
+        return datetime.fromtimestamp(ts, timezone.utc)
+
+    read_rows = [(*row[:3], read(row[3]), read(row[4]), *row[5:]) for row in rows]
+    assert read_rows == sorted(expected) and [row[0] for row in read_rows] == ["r1", "r2", "r3"]
 
 
 def test_a_successful_run_on_an_instrumentation_span_is_indexed_with_status_unset(pipeline: Pipeline) -> None:
@@ -146,9 +151,9 @@ def test_full_queue_drops_counted_instead_of_blocking(db_path: Path, caplog: pyt
     gate = threading.Event()
     original = p.processor._write  # hold the writer so the queue fills up
 
-    def held_write(batch):
+    def held_write(*batch):
         gate.wait(10)
-        original(batch)
+        return original(*batch)
 
     p.processor._write = held_write  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING, logger="hive_otel_failures.processor"):
@@ -158,7 +163,8 @@ def test_full_queue_drops_counted_instead_of_blocking(db_path: Path, caplog: pyt
                 hof.record_failure(hof.FailureRecord(session_id=f"s{i}", error_message="x"))
         elapsed = time.monotonic() - t0
     stats = p.processor.stats()
-    assert stats.dropped >= 50 - 5 - 5  # room for the queue (5) and at most one batch (<= 5) held by the writer
+    # room for the queue (5), one batch (<= 5) held in the database and one prepared behind it
+    assert stats.dropped >= 50 - 5 - 5 - 5
     assert elapsed < 5, "on_end blocked on a full queue"
     assert sum("dropping failure records" in r.getMessage() for r in caplog.records) == 1  # logged once
     gate.set()
@@ -168,6 +174,42 @@ def test_full_queue_drops_counted_instead_of_blocking(db_path: Path, caplog: pyt
     p.provider.shutdown()
     with hof.open_index(db_path) as index:
         assert len(index.recent(limit=100)) == accepted
+
+
+def test_the_next_batch_is_prepared_while_one_is_being_written(db_path: Path) -> None:
+    """The writer's two threads: rows are built on one while the database writes on the other."""
+    p = Pipeline(db_path, max_batch_size=8)
+    index = p.processor._index
+    assert index is not None
+    gate, writing, prepared = threading.Event(), threading.Event(), []
+    write_batch, prepare_batch = index.write_batch, index.prepare_batch
+
+    def held_write(batch):
+        writing.set()
+        gate.wait(10)
+        return write_batch(batch)
+
+    def counted_prepare(failures, runs=()):
+        prepared.append(len(failures))
+        return prepare_batch(failures, runs)
+
+    index.write_batch, index.prepare_batch = held_write, counted_prepare  # type: ignore[method-assign]
+    for i in range(16):
+        with p.tracer.start_as_current_span("f"):
+            hof.record_failure(hof.FailureRecord(session_id=f"s{i}", error_message="x"))
+    p.processor.force_flush(0)  # wake the writer
+    assert writing.wait(5)
+    deadline = time.monotonic() + 5
+    while len(prepared) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(prepared) >= 2  # the next batch was prepared while the first was held in the database
+    assert p.processor.stats().written == 0 and p.processor.stats().queued == 16
+    gate.set()
+    p.flush()
+    assert p.processor.stats().written == 16
+    p.provider.shutdown()
+    with hof.open_index(db_path) as reader:
+        assert len(reader.recent(limit=100)) == 16
 
 
 def test_shutdown_with_a_full_queue_returns_in_bound_and_keeps_what_was_accepted(db_path: Path) -> None:

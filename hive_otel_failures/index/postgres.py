@@ -235,7 +235,8 @@ class PostgresBackend(Backend):
             for sql, params in statements:
                 conn.execute(_pg(sql), [_text(p) for p in params])
 
-    def add_batch(self, rows: WireRows, runs: list[tuple[Any, ...]]) -> int:
+    def write_batch(self, batch: tuple[WireRows, list[tuple[Any, ...]]], *, count: bool = True) -> int:
+        rows, runs = batch
         added = None
         with self.session() as conn, conn.pipeline():
             with conn.transaction():
@@ -246,8 +247,10 @@ class PostgresBackend(Backend):
                     blobs = _columns(rows.blobs) if rows.blobs else [[], [], []]
                     added = conn.execute(_pg(_BATCH, "%b"), [*blobs, *_columns(rows.failures, _BOOL_COLUMNS)])
                 for round_ in _rounds(runs):
-                    conn.execute(_pg(_RUNS, "%b"), _columns(round_, frozenset({5})))
-        return added.fetchone()[0] if added is not None else 0
+                    columns = _columns(round_, frozenset({5}))
+                    columns[3:5] = [[ns / 1e9 for ns in column] for column in columns[3:5]]  # seconds, as stored
+                    conn.execute(_pg(_RUNS, "%b"), columns)
+        return added.fetchone()[0] if added is not None and count else 0
 
     def close(self) -> None:
         self._pool.close()

@@ -13,7 +13,6 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import chain
@@ -26,21 +25,25 @@ from .schema import MIGRATIONS
 if TYPE_CHECKING:
     from .deflate import Deflater
 
-# The writer hands SQLite a batch in as few statements as it can, and a trigger writes it: the
-# batch's failures rows go in as bound parameters, rows of the temporary table batch_in (up to
-# _ROWS a statement), and the last statement's last row carries the rest as JSON (blobs, runs)
-# and one BLOB (the snapshots' bytes); inserting that row writes blobs, failures (an id already
-# stored is skipped), their patterns and hourly/daily counters, run outcomes. Each SQLite call
-# gives up the GIL, and beside a busy application thread every hand-off costs the writer a switch
-# interval (5 ms) to get it back; few statements per batch keep it writing. Parameters, not JSON,
-# for the failures: SQLite binds them as executemany does, where encoding ~1 KB rows to JSON and
+# The writer hands SQLite a batch in as few statements as it can (one, up to _ROWS failures), and a
+# trigger writes it: the batch's failures rows go in as bound parameters, rows of the temporary
+# table batch_in, and the last statement's last row carries the rest as JSON (blobs, runs), one
+# BLOB (the snapshots' bytes) and whether they are stored as they are (raw); inserting that row
+# writes blobs, failures (an id already stored is skipped), their patterns and hourly/daily
+# counters, run outcomes, and notes the rowids of raw snapshots. Each SQLite call gives up the
+# GIL, and beside a busy application thread every hand-off costs the writer a switch interval
+# (5 ms) to get it back; one statement per batch keeps it writing. Parameters, not JSON, for the
+# failures: SQLite binds them as executemany does, where encoding ~1 KB rows to JSON and
 # extracting 24 values from each cost twice the insert.
 # A session counts for a pattern on its first failure of that pattern in the file (in the hour
 # and day of that failure); the pattern shows its newest failure.
 _BATCH_SCHEMA = (
     # The last row: blobs is [sha256, offset, length, size] of each snapshot's deflated bytes within zs.
-    f"CREATE TEMP TABLE IF NOT EXISTS batch_in ({FAILURE_COLUMNS}, blobs TEXT, runs TEXT, zs BLOB)",
+    f"CREATE TEMP TABLE IF NOT EXISTS batch_in ({FAILURE_COLUMNS}, blobs TEXT, runs TEXT, zs BLOB, raw INTEGER)",
     "CREATE TEMP TABLE IF NOT EXISTS batch_mark (stored_before INTEGER NOT NULL, added INTEGER, blobs_before INTEGER)",
+    # Rowid ranges of blob_z where this connection stored snapshots as they are, to deflate later:
+    # a range per batch that was behind, not a key per snapshot (200k keys held ~15 MB in Python).
+    "CREATE TEMP TABLE IF NOT EXISTS raw_blobs (low INTEGER NOT NULL, high INTEGER NOT NULL)",
     # The failures this batch added: whether each is its session's first of its pattern, and what
     # the counters group by, so that nothing below reads the failures table twice.
     """CREATE TEMP TABLE IF NOT EXISTS batch_fresh (
@@ -55,6 +58,9 @@ _BATCH_SCHEMA = (
             SELECT coalesce(max(rowid), 0), (SELECT coalesce(max(rowid), 0) FROM blob_z) FROM failures;
         INSERT OR IGNORE INTO blob_z (sha256, size, z)
             SELECT value ->> 0, value ->> 3, substr(new.zs, value ->> 1, value ->> 2) FROM json_each(new.blobs);
+        INSERT INTO raw_blobs (low, high)
+            SELECT m.blobs_before + 1, z.high FROM batch_mark m, (SELECT max(rowid) AS high FROM blob_z) z
+            WHERE new.raw AND z.high > m.blobs_before;
         INSERT INTO failures ({FAILURE_COLUMNS})
             SELECT {FAILURE_COLUMNS} FROM batch_in WHERE failure_id IS NOT NULL ORDER BY rowid
             ON CONFLICT (failure_id) DO NOTHING;
@@ -92,8 +98,8 @@ _BATCH_SCHEMA = (
                 failures = failures + excluded.failures, sessions = sessions + excluded.sessions,
                 first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts);
         INSERT INTO runs ({RUN_COLUMNS})
-            SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
-                   value ->> 7
+            SELECT value ->> 0, value ->> 1, value ->> 2, (value ->> 3) / 1e9, (value ->> 4) / 1e9, value ->> 5,
+                   value ->> 6, value ->> 7
             FROM json_each(new.runs) WHERE true  -- in order: a run twice in a batch merges as in two batches
             ON CONFLICT (session_id, agent_id) DO UPDATE SET
                 agent_version = coalesce(excluded.agent_version, agent_version),
@@ -123,9 +129,9 @@ def _padded(rows: int, most: int) -> int:
 @functools.lru_cache(maxsize=None)
 def _insert_batch(rows: int, last: bool) -> str:
     """Put ``rows`` failures rows into batch_in, and if ``last`` the row that writes the batch."""
-    values = [f"({', '.join('?' * _WIDTH)}, NULL, NULL, NULL)"] * rows
+    values = [f"({', '.join('?' * _WIDTH)}, NULL, NULL, NULL, NULL)"] * rows
     if last:
-        values.append(f"({'NULL, ' * _WIDTH}?, ?, ?)")
+        values.append(f"({'NULL, ' * _WIDTH}?, ?, ?, ?)")
     return f"INSERT INTO batch_in VALUES {', '.join(values)}"
 
 
@@ -143,9 +149,9 @@ _RECENT = 4096  # deflated snapshots kept by sha256: an agent's graph snapshot r
 # A writer that is behind stores its snapshots as they are and deflates them once it keeps up:
 # deflating on the writer's thread costs ~30 us a failure under the GIL, and beside busy
 # application threads (a storm) that made the writer index a quarter less. "Behind" is a batch
-# that starts within _BEHIND_GAP of the previous one's end (a writer that keeps up waits about a
-# flush interval, 200 ms, between batches); a batch that is not behind also deflates up to
-# _CATCH_UP snapshots stored as they were, by this writer.
+# prepared while another is being written, or within _BEHIND_GAP of the last write's end (a
+# writer that keeps up waits about a flush interval, 200 ms, between batches); a batch that is
+# not behind first deflates up to _CATCH_UP snapshots this connection stored as they were.
 _RAW = 0xFF  # z's first byte for a snapshot stored as its UTF-8 text (dictionary ids are small)
 _RAW_HEAD = bytes((_RAW,))
 _BEHIND_GAP = 0.05
@@ -168,34 +174,39 @@ class _Blobs:
         self._deflater: Deflater | None = None  # made on first use: readers never deflate
         self._head = b"\0"
         self._recent: dict[str, bytes] = {}
+        # One deflater, and batches prepared on one thread while one-by-one retries run on another.
+        # Uncontended, taking it keeps the GIL.
+        self._lock = threading.Lock()
 
     def use(self, rows: Iterable[tuple[int, bytes]]) -> None:
         """Know these dictionaries; deflate with the newest from now on."""
-        for dict_id, data in rows:
-            self.dicts[dict_id] = data
-        if self.dicts and max(self.dicts) != self.dict_id:
-            self.dict_id = max(self.dicts)
-            self._deflater = None
-            self._head = bytes((self.dict_id,))
-            self._recent.clear()
+        with self._lock:
+            for dict_id, data in rows:
+                self.dicts[dict_id] = data
+            if self.dicts and max(self.dicts) != self.dict_id:
+                self.dict_id = max(self.dicts)
+                self._deflater = None
+                self._head = bytes((self.dict_id,))
+                self._recent.clear()
 
     def deflated(self, sha: str) -> bytes | None:
         """The z this writer deflated for ``sha`` lately, if any."""
         return self._recent.get(sha)
 
     def deflate(self, sha: str, text: str) -> bytes:
-        recent = self._recent
-        z = recent.pop(sha, None)
-        if z is None:
-            if self._deflater is None:
-                from .deflate import Deflater  # ctypes and libz: only a writer loads them
+        with self._lock:
+            recent = self._recent
+            z = recent.pop(sha, None)
+            if z is None:
+                if self._deflater is None:
+                    from .deflate import Deflater  # ctypes and libz: only a writer loads them
 
-                self._deflater = Deflater(_LEVEL, self.dicts.get(self.dict_id))
-            z = self._head + self._deflater(text.encode("utf-8"))
-            if len(recent) >= _RECENT:
-                del recent[next(iter(recent))]
-        recent[sha] = z  # newest last: the least recently used goes first
-        return z
+                    self._deflater = Deflater(_LEVEL, self.dicts.get(self.dict_id))
+                z = self._head + self._deflater(text.encode("utf-8"))
+                if len(recent) >= _RECENT:
+                    del recent[next(iter(recent))]
+            recent[sha] = z  # newest last: the least recently used goes first
+            return z
 
     def inflate(self, z: bytes | None) -> str | None:
         """``hof_inflate``: the JSON text of a z."""
@@ -263,12 +274,9 @@ class SQLiteBackend(Backend):
         self.path = path
         self.location = str(path)
         self._lock = threading.RLock()
-        self._batch_ready = False  # the temp objects add_batch writes through exist on this connection
-        self._rows_per_statement = _PAD  # set with them: SQLite's limit on bound parameters, per build
-        self._batch_end = 0.0  # when the last batch was written (monotonic): is the writer behind?
-        # Rowid ranges of blob_z where this writer stored snapshots undeflated, oldest first: a
-        # range per batch that was behind, not a key per snapshot (200k keys held ~15 MB).
-        self._raw: deque[tuple[int, int]] = deque(maxlen=100_000)
+        self._batch_ready = False  # the temp objects write_batch writes through exist on this connection
+        self._writing = False  # is the writer behind? while a batch is written,
+        self._batch_end = 0.0  # and shortly after the last one's end (monotonic)
         if not self.path.exists():
             if not create:
                 raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
@@ -355,85 +363,114 @@ class SQLiteBackend(Backend):
                 self._rollback()
                 raise
 
-    def add_batch(self, rows: WireRows, runs: list[tuple[Any, ...]]) -> int:
-        with self._lock:
-            if not self._batch_ready:
-                self._conn.execute("PRAGMA temp_store = MEMORY")
-                for statement in _BATCH_SCHEMA:
-                    self._conn.execute(statement)
-                # whole _PAD rows, and the last row's 3 (SQLite's minimum limit, 999, allows 32 rows)
-                limit = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-                self._rows_per_statement = max(_PAD, min(_ROWS, (limit - 3) // _WIDTH // _PAD * _PAD))
-                self._batch_ready = True
-            codec = self._blobs
-            if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
-                self._make_dict(rows.blobs)
-            behind = time.monotonic() - self._batch_end < _BEHIND_GAP
-            blobs, zs, at = [], [], 1
-            for sha, text, size in rows.blobs:
-                if not behind:
-                    z = codec.deflate(sha, text)
-                elif (z := codec.deflated(sha)) is None:  # an agent's graph recurs: deflated already
-                    z = _RAW_HEAD + text.encode("utf-8")
-                blobs.append((sha, at, len(z), size))
-                zs.append(z)
-                at += len(z)
-            most = self._rows_per_statement
-            *chunks, last = [rows.failures[i:i + most] for i in range(0, len(rows.failures), most)] or [[]]
-            try:
-                for chunk in chunks:  # more rows than one statement takes (_ROWS, or SQLite's limit)
-                    self._conn.execute(_insert_batch(len(chunk), False), [*chain.from_iterable(chunk)])
-                # One statement, so its own transaction: it takes the write lock before it reads (the
-                # busy timeout applies) and commits or rolls back whole.
-                padding = _padded(len(last), most) - len(last)
-                self._conn.execute(_insert_batch(len(last) + padding, True), [
+    def _batch_schema(self) -> None:
+        """The temporary tables and trigger a batch is written through, once per connection (under the lock)."""
+        if not self._batch_ready:
+            self._conn.execute("PRAGMA temp_store = MEMORY")
+            for statement in _BATCH_SCHEMA:
+                self._conn.execute(statement)
+            self._batch_ready = True
+
+    def prepare_batch(self, rows: WireRows, runs: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
+        """The batch's statements and their parameters: snapshots deflated (or stored as they are).
+
+        Python work, but for the file's dictionary (once) and catching up on raw snapshots,
+        which only a writer that keeps up does.
+        """
+        behind = self._writing or time.monotonic() - self._batch_end < _BEHIND_GAP
+        codec = self._blobs
+        if not behind:
+            self._catch_up()
+        if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
+            self._make_dict(rows.blobs)
+        blobs, zs, at = [], [], 1
+        for sha, text, size in rows.blobs:
+            if not behind:
+                z = codec.deflate(sha, text)
+            elif (z := codec.deflated(sha)) is None:  # an agent's graph recurs: deflated already
+                z = _RAW_HEAD + text.encode("utf-8")
+            blobs.append((sha, at, len(z), size))
+            zs.append(z)
+            at += len(z)
+        # whole _PAD rows, and the last row's 4 (SQLite's minimum limit, 999, allows 32 rows)
+        limit = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        most = max(_PAD, min(_ROWS, (limit - 4) // _WIDTH // _PAD * _PAD))
+        *chunks, last = [rows.failures[i:i + most] for i in range(0, len(rows.failures), most)] or [[]]
+        padding = _padded(len(last), most) - len(last)
+        return [*((_insert_batch(len(chunk), False), [*chain.from_iterable(chunk)]) for chunk in chunks),
+                (_insert_batch(len(last) + padding, True), [
                     *chain.from_iterable(last), *(None,) * (padding * _WIDTH), _json_rows(blobs), _json_rows(runs),
-                    b"".join(zs)])
-            except BaseException:
-                if chunks:
-                    self._conn.execute("DELETE FROM batch_in")
-                raise
-            added, blobs_before, blobs_after = self._conn.execute(
-                "SELECT added, blobs_before, (SELECT coalesce(max(rowid), 0) FROM blob_z) FROM batch_mark").fetchone()
-            if behind and blobs_after > blobs_before:
-                if self._raw and self._raw[-1][1] == blobs_before:  # right after the last one: one range
-                    self._raw[-1] = (self._raw[-1][0], blobs_after)
-                else:
-                    self._raw.append((blobs_before + 1, blobs_after))
-            elif not behind and self._raw:
-                self._catch_up()
-            self._batch_end = time.monotonic()
-            return added
+                    b"".join(zs), behind])]
+
+    def write_batch(self, batch: list[tuple[str, list[Any]]], *, count: bool = True) -> int:
+        with self._lock:
+            self._writing = True
+            try:
+                self._batch_schema()
+                *chunks, (last, params) = batch
+                try:
+                    for sql, chunk in chunks:  # more rows than one statement takes (_ROWS, or SQLite's limit)
+                        self._conn.execute(sql, chunk)
+                    # One statement, so its own transaction: it takes the write lock before it reads (the
+                    # busy timeout applies) and commits or rolls back whole.
+                    self._conn.execute(last, params)
+                except BaseException:
+                    if chunks:
+                        self._conn.execute("DELETE FROM batch_in")
+                    raise
+                # Another statement gives the GIL up once more: only when asked.
+                return self._conn.execute("SELECT added FROM batch_mark").fetchone()[0] if count else 0
+            finally:
+                self._writing = False
+                self._batch_end = time.monotonic()
 
     def _catch_up(self) -> None:
-        """Deflate up to _CATCH_UP snapshots this writer stored as they were; on an error they stay so."""
-        try:
-            stored: list[tuple[int, str, bytes]] = []
-            while self._raw and len(stored) < _CATCH_UP:
-                low, high = self._raw.popleft()
-                found = self._conn.execute(
-                    "SELECT rowid, sha256, z FROM blob_z WHERE rowid BETWEEN ? AND ? AND substr(z, 1, 1) = ? "
-                    "ORDER BY rowid LIMIT ?", (low, high, _RAW_HEAD, _CATCH_UP - len(stored))).fetchall()
-                stored += found
-                if len(stored) == _CATCH_UP and found[-1][0] < high:  # the rest of the range next time
-                    self._raw.appendleft((found[-1][0] + 1, high))
-            deflated = [(self._blobs.deflate(sha, z[1:].decode("utf-8")), rowid) for rowid, sha, z in stored]
-            if deflated:
+        """Deflate up to _CATCH_UP snapshots this connection stored as they were; on an error they stay so.
+
+        Each in one statement: sqlite3 gives the GIL up for each row a statement steps through
+        (executemany's too), and beside a busy thread each time cost up to 5 ms, 2.5 s in all.
+        """
+        with self._lock:
+            try:
+                self._batch_schema()
+                (stored,) = self._conn.execute(
+                    "SELECT json_group_array(json_array(rowid, sha256, CAST(substr(z, 2) AS TEXT))) FROM ("
+                    "  SELECT b.rowid, b.sha256, b.z FROM raw_blobs r JOIN blob_z b ON b.rowid BETWEEN r.low AND r.high"
+                    "  WHERE substr(b.z, 1, 1) = ? ORDER BY b.rowid LIMIT ?)", (_RAW_HEAD, _CATCH_UP)).fetchone()
+                stored = json.loads(stored)
+                if not stored:
+                    self._conn.execute("DELETE FROM raw_blobs")
+                    return
+                places, zs, at = [], [], 1
+                for rowid, sha, text in stored:
+                    z = self._blobs.deflate(sha, text)
+                    places.append((rowid, at, len(z)))
+                    zs.append(z)
+                    at += len(z)
+                done = stored[-1][0] if len(stored) == _CATCH_UP else None  # None: the ranges are all done
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._conn.executemany("UPDATE blob_z SET z = ? WHERE rowid = ?", deflated)
+                    self._conn.execute("UPDATE blob_z SET z = substr(?, p.value ->> 1, p.value ->> 2) "
+                                       "FROM json_each(?) p WHERE blob_z.rowid = p.value ->> 0",
+                                       (b"".join(zs), _json_rows(places)))
+                    if done is None:
+                        self._conn.execute("DELETE FROM raw_blobs")
+                    else:
+                        self._conn.execute("DELETE FROM raw_blobs WHERE high <= ?", (done,))
+                        self._conn.execute("UPDATE raw_blobs SET low = ? WHERE low <= ?", (done + 1, done))
                     self._conn.execute("COMMIT")
                 except BaseException:
                     self._rollback()
                     raise
-        except sqlite3.Error:
-            pass  # readable as they are: deflating them is only a saving
+            except sqlite3.Error:
+                pass  # readable as they are: deflating them is only a saving
 
     def _make_dict(self, blobs: list[tuple[str, str, int]]) -> None:
         """The file's dictionary, from this batch's snapshots (or the one another writer made first)."""
         sample = "".join(text for _, text, _ in blobs).encode("utf-8")[-_DICT_BYTES:]
-        self._conn.execute("INSERT OR IGNORE INTO blob_dicts (id, dict) VALUES (1, ?)", (sample,))
-        self._blobs.use(self._conn.execute("SELECT id, dict FROM blob_dicts").fetchall())
+        with self._lock:
+            self._conn.execute("INSERT OR IGNORE INTO blob_dicts (id, dict) VALUES (1, ?)", (sample,))
+            self._blobs.use(self._conn.execute("SELECT id, dict FROM blob_dicts").fetchall())
 
     def close(self) -> None:
         """Close; the writer checkpoints without waiting for readers (PASSIVE), readers never do."""

@@ -26,7 +26,7 @@ from .advice import (FIX_MIN_RUNS, HARD_CONSTRAINT_KINDS, HUMAN_KINDS, NON_BLOCK
 from .diagnosis import MIN_DIAGNOSIS_CHARS, Definitions, build_diagnosis
 from .models import (Advice, Diagnosis, Evidence, FixEffect, NodeStats, Pattern, Resolution, ResolutionEffect, RunRate,
                      Stats, VersionStats)
-from .backend import FAILURE_COLUMNS, Backend, FailureIndexError, _ts, is_server, wire_rows
+from .backend import FAILURE_COLUMNS, Backend, FailureIndexError, _ns, _ts, is_server, wire_rows
 
 if TYPE_CHECKING:  # portability imports this module
     from .portability import ExportReport, ImportReport, PruneReport
@@ -92,9 +92,9 @@ _SELECT_FAILURE = f"""
 
 
 def run_row(outcome: RunOutcome) -> tuple[Any, ...]:
-    """A run outcome as the runs table stores it (RUN_COLUMNS' order: no agent is '', success 0/1)."""
-    return (outcome.session_id, outcome.agent_id or "", outcome.agent_version, _ts(outcome.started_at),
-            _ts(outcome.ended_at), int(outcome.success), outcome.quality, outcome.failures)
+    """A run outcome as a batch takes it (RUN_COLUMNS' order: no agent is '', success 0/1, times in ns)."""
+    return (outcome.session_id, outcome.agent_id or "", outcome.agent_version, _ns(outcome.started_at),
+            _ns(outcome.ended_at), int(outcome.success), outcome.quality, outcome.failures)
 
 
 class FailureIndex:
@@ -157,8 +157,22 @@ class FailureIndex:
         database's error; either way nothing of the call is written. A run is a RunOutcome or
         its row as ``run_row`` makes it (the processor's, from run events).
         """
-        rows = wire_rows(failures)
-        return self._db.add_batch(rows, [run if type(run) is tuple else run_row(run) for run in runs])
+        return self._db.write_batch(self.prepare_batch(failures, runs))
+
+    def prepare_batch(self, failures: Iterable[Mapping[str, Any]],
+                      runs: Iterable[RunOutcome | tuple[Any, ...]] = ()) -> Any:
+        """add_prepared's first half: the batch's Python work, for ``write_batch``.
+
+        A writer that prepares the next batch while this one is in the database (the span
+        processor, on two threads) writes more: the database's work gives the GIL up.
+        Raises as add_prepared does for a malformed entry.
+        """
+        return self._db.prepare_batch(wire_rows(failures),
+                                      [run if type(run) is tuple else run_row(run) for run in runs])
+
+    def write_batch(self, batch: Any) -> None:
+        """add_prepared's second half: write a prepared batch in one transaction, all or nothing."""
+        self._db.write_batch(batch, count=False)
 
     @_reading
     def resolve(self, fingerprint: str, resolution: str, evolution_triggered: bool = True,
