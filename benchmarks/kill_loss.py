@@ -7,7 +7,7 @@ index, the records that ended more than the bound before the kill and are missin
 
 The bound is the flush interval (200 ms) plus one batch, and a batch is bounded by the
 flush interval too: 400 ms. The child also logs every transaction of the writer
-(``add_prepared``: start, end, records, the oldest record's id), so the run prints the
+(``write_batch``: start, end, records, the oldest record's id), so the run prints the
 longest transaction and the writer's lag (commit time minus the oldest record's end).
 
     python benchmarks/kill_loss.py [--rates 2000,5000,7000] [--seconds 4] [--repeats 2] [--before REV]
@@ -61,18 +61,40 @@ def child(db: str, emit_log: str, writer_log: str, rate: float, seconds: float) 
 
     key = "hive.failure.failure_id"
     wlog = open(writer_log, "a", buffering=1)  # a few lines a second: one write each
-    original = FailureIndex.add_prepared
+    # One line per writer transaction. The processor's writer prepares a batch on one thread and
+    # writes it on another (a package from before that calls add_prepared, both in turn).
+    prepare, write = getattr(FailureIndex, "prepare_batch", None), getattr(FailureIndex, "write_batch", None)
+    add_prepared = FailureIndex.add_prepared
+    ids_of: dict[int, list[int]] = {}
 
-    def logged(self, failures, runs=()):  # one line per writer transaction
+    def ids(failures):
+        return [int(f[key].split("-")[1]) for f in failures if str(f.get(key, "")).startswith("k-")]
+
+    def log(t0, t1, found):
+        wlog.write(f"T {t0:.6f} {t1:.6f} {len(found)} {min(found, default=-1)} {max(found, default=-1)}\n")
+
+    def prepared(self, failures, runs=()):
+        failures = list(failures)
+        batch = prepare(self, failures, runs)
+        ids_of[id(batch)] = ids(failures)
+        return batch
+
+    def written(self, batch):
+        t0 = time.monotonic()
+        write(self, batch)
+        log(t0, time.monotonic(), ids_of.pop(id(batch), []))
+
+    def added(self, failures, runs=()):
         failures = list(failures)
         t0 = time.monotonic()
-        added = original(self, failures, runs)
-        t1 = time.monotonic()
-        ids = [int(f[key].split("-")[1]) for f in failures if str(f.get(key, "")).startswith("k-")]
-        wlog.write(f"T {t0:.6f} {t1:.6f} {len(failures)} {min(ids, default=-1)} {max(ids, default=-1)}\n")
-        return added
+        count = add_prepared(self, failures, runs)
+        if prepare is None:
+            log(t0, time.monotonic(), ids(failures))
+        return count
 
-    FailureIndex.add_prepared = logged  # type: ignore[method-assign]
+    if prepare is not None:
+        FailureIndex.prepare_batch, FailureIndex.write_batch = prepared, written  # type: ignore[method-assign]
+    FailureIndex.add_prepared = added  # type: ignore[method-assign]
     handle = hof.configure(db=db)
     assert handle.processor is not None and handle.processor.force_flush(30_000)
     processor = handle.processor

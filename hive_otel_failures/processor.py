@@ -150,7 +150,9 @@ class FailureIndexProcessor(SpanProcessor):
         self._location = None if isinstance(index, FailureIndex) else index
         self._cond = threading.Condition()  # writer -> force_flush: "a batch is done"
         self._in_flight = 0  # records taken off the queue, not yet written (under _cond)
-        self._prepared: queue.Queue[_Prepared | None] = queue.Queue(maxsize=1)  # one batch ahead of the database
+        # Between the writer's threads: the first holds at most two prepared batches beside the one
+        # being written, one queued here and one it waits to queue.
+        self._prepared: queue.Queue[_Prepared | None] = queue.Queue(maxsize=1)
         self._wake = threading.Event()
         self._opened = threading.Event()  # the writer tried to open the index (force_flush waits for it)
         self._stopping = threading.Event()
@@ -229,28 +231,49 @@ class FailureIndexProcessor(SpanProcessor):
                             self._in_flight += size
                         taken = time.monotonic()
                         batch = [self._queue.popleft() for _ in range(size)]
-                        self._prepared.put(self._prepare(batch, size, taken))  # waits while one is ahead
+                        prepared = self._prepare(batch, size, taken)
+                        if not self._hand_over(prepared):
+                            self._count_written(size, 0, 0, len(prepared[2]) + len(prepared[3]))
                     if self._stopping.is_set() and not self._queue:
                         break
             finally:
-                self._prepared.put(None)
+                self._hand_over(None)
                 self._database.join()
         if self._owns_index and self._index is not None:
             self._index.close()
+
+    def _hand_over(self, prepared: _Prepared | None) -> bool:
+        """Queue a batch for the database thread (waiting while one is queued); False if that thread is gone."""
+        while self._database.is_alive():
+            try:
+                self._prepared.put(prepared, timeout=self._delay)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _write_prepared(self) -> None:
         """The writer's second thread: writes each prepared batch, then counts it."""
         with suppress_instrumentation():
             while (prepared := self._prepared.get()) is not None:
                 taken, size, failures, runs, batch = prepared
-                written, runs_written, errors = self._write(failures, runs, batch)
-                self._learn(size, time.monotonic() - taken)
-                with self._cond:
-                    self._in_flight -= size
-                    self._written += written
-                    self._runs_written += runs_written
-                    self._errors += errors
-                    self._cond.notify_all()
+                counts = 0, 0, len(failures) + len(runs)  # unless written: nothing is lost silently
+                try:
+                    counts = self._write(failures, runs, batch)
+                    self._learn(size, time.monotonic() - taken)
+                except Exception as exc:  # noqa: BLE001 - this thread must outlive any batch
+                    self._warn_once("write", "hive-failures: writing a batch failed: %s", _cause(exc))
+                finally:
+                    self._count_written(size, *counts)
+
+    def _count_written(self, size: int, written: int, runs_written: int, errors: int) -> None:
+        """A batch of ``size`` spans is done: what was written, what could not be."""
+        with self._cond:
+            self._in_flight -= size
+            self._written += written
+            self._runs_written += runs_written
+            self._errors += errors
+            self._cond.notify_all()
 
     def _learn(self, size: int, seconds: float) -> None:
         """Size the next batch so that it is committed about one flush interval after it is taken.
@@ -293,7 +316,8 @@ class FailureIndexProcessor(SpanProcessor):
             try:
                 prepared = index.prepare_batch(failures, runs)
             except Exception as exc:  # noqa: BLE001 - find the bad entry, keep the others
-                self._warn_once("batch", "hive-failures: batch write failed, retrying one by one: %s", _cause(exc))
+                self._warn_once("prepare", "hive-failures: could not prepare a batch, writing it one by one: %s",
+                                _cause(exc))
         return taken, size, failures, runs, prepared
 
     def _write(self, failures: list[Mapping[str, Any]], runs: list[tuple[Any, ...]],
@@ -354,7 +378,7 @@ class FailureIndexProcessor(SpanProcessor):
         with self._cond:
             while self._queue or self._in_flight:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._writer.is_alive():
+                if remaining <= 0 or not self._writer.is_alive() or not self._database.is_alive():
                     return False
                 self._cond.wait(min(remaining, self._delay))
                 self._wake.set()
@@ -369,4 +393,4 @@ class FailureIndexProcessor(SpanProcessor):
         self._writer.join(timeout_millis / 1000)
         if self._writer.is_alive():
             self._warn_once("shutdown", "hive-failures: shutdown timed out with %d records unwritten",
-                            len(self._queue))
+                            len(self._queue) + self._in_flight)

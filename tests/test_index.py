@@ -278,6 +278,30 @@ def test_a_long_backlog_is_deflated_a_part_at_a_time(db_path: Path) -> None:
         assert len(writer.recent(limit=1000)) == 720
 
 
+def test_a_catch_up_that_fails_leaves_the_snapshots_readable_and_the_writes_going(db_path: Path) -> None:
+    prepared = [to_attributes(prepare(failure(i, input_context={"row": i, "text": "refund pending " * 30})))
+                for i in range(40)]
+    with hof.open_index(db_path, create=True) as writer:
+        writer.add_prepared(prepared[:20])
+        writer.add_prepared(prepared[20:30])  # right after: behind, stored as they are
+
+        snapshots = ("input_context", "memory_snapshot", "graph_snapshot")
+        stored_raw = {f.get(f"hive.failure.{name}") for f in prepared[:30] for name in snapshots}
+        deflate = writer._db._blobs.deflate
+
+        def broken_for_the_backlog(sha: str, text: str) -> bytes:
+            if text in stored_raw:
+                raise RuntimeError("no deflate for these")
+            return deflate(sha, text)
+
+        writer._db._blobs.deflate = broken_for_the_backlog  # type: ignore[method-assign]
+        for part in (prepared[30:35], prepared[35:]):  # keeping up: the catch-up fails, once, and is given up
+            time.sleep(2 * _BEHIND_GAP)
+            assert writer.add_prepared(part) == len(part)
+            assert writer._db.fetchone("SELECT count(*) FROM temp.raw_blobs") == (0,)
+        assert {r.input_context["row"] for r in writer.recent(limit=100)} == set(range(40))  # raw ones as they are
+
+
 def test_the_writers_deflate_without_the_gil_gives_what_pythons_zlib_gives() -> None:
     """The ctypes path (which keeps the GIL) and Python's zlib write the same bytes, with a dictionary or not."""
     import zlib

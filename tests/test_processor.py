@@ -212,6 +212,32 @@ def test_the_next_batch_is_prepared_while_one_is_being_written(db_path: Path) ->
         assert len(reader.recent(limit=100)) == 16
 
 
+def test_a_batch_that_breaks_the_writer_is_counted_and_the_next_ones_are_written(db_path: Path) -> None:
+    p = Pipeline(db_path)
+    write, broken = p.processor._write, []
+
+    def write_once_broken(*batch):
+        if not broken:
+            broken.append(True)
+            raise RuntimeError("a bug in the writer")
+        return write(*batch)
+
+    p.processor._write = write_once_broken  # type: ignore[method-assign]
+    for i in range(3):
+        with p.tracer.start_as_current_span("f"):
+            hof.record_failure(hof.FailureRecord(session_id=f"lost{i}", error_message="x"))
+    p.flush()
+    for i in range(2):
+        with p.tracer.start_as_current_span("f"):
+            hof.record_failure(hof.FailureRecord(session_id=f"kept{i}", error_message="x"))
+    p.flush()
+    stats = p.processor.stats()
+    assert (stats.written, stats.errors, stats.queued) == (2, 3, 0)
+    p.provider.shutdown()
+    with hof.open_index(db_path) as index:
+        assert sorted(r.session_id for r in index.recent()) == ["kept0", "kept1"]
+
+
 def test_shutdown_with_a_full_queue_returns_in_bound_and_keeps_what_was_accepted(db_path: Path) -> None:
     p = Pipeline(db_path, max_queue_size=2000)
     for i in range(2000):

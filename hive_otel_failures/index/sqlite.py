@@ -277,6 +277,7 @@ class SQLiteBackend(Backend):
         self._batch_ready = False  # the temp objects write_batch writes through exist on this connection
         self._writing = False  # is the writer behind? while a batch is written,
         self._batch_end = 0.0  # and shortly after the last one's end (monotonic)
+        self._raw_pending = False  # a batch stored snapshots as they are: catch up once not behind
         if not self.path.exists():
             if not create:
                 raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
@@ -379,7 +380,7 @@ class SQLiteBackend(Backend):
         """
         behind = self._writing or time.monotonic() - self._batch_end < _BEHIND_GAP
         codec = self._blobs
-        if not behind:
+        if not behind and self._raw_pending:
             self._catch_up()
         if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
             self._make_dict(rows.blobs)
@@ -414,6 +415,7 @@ class SQLiteBackend(Backend):
                     # One statement, so its own transaction: it takes the write lock before it reads (the
                     # busy timeout applies) and commits or rolls back whole.
                     self._conn.execute(last, params)
+                    self._raw_pending = self._raw_pending or bool(params[-1])
                 except BaseException:
                     if chunks:
                         self._conn.execute("DELETE FROM batch_in")
@@ -429,6 +431,7 @@ class SQLiteBackend(Backend):
 
         Each in one statement: sqlite3 gives the GIL up for each row a statement steps through
         (executemany's too), and beside a busy thread each time cost up to 5 ms, 2.5 s in all.
+        Ranges are read in order (newest last), so the oldest part of the backlog is read, not all of it.
         """
         with self._lock:
             try:
@@ -436,22 +439,25 @@ class SQLiteBackend(Backend):
                 (stored,) = self._conn.execute(
                     "SELECT json_group_array(json_array(rowid, sha256, CAST(substr(z, 2) AS TEXT))) FROM ("
                     "  SELECT b.rowid, b.sha256, b.z FROM raw_blobs r JOIN blob_z b ON b.rowid BETWEEN r.low AND r.high"
-                    "  WHERE substr(b.z, 1, 1) = ? ORDER BY b.rowid LIMIT ?)", (_RAW_HEAD, _CATCH_UP)).fetchone()
+                    "  WHERE substr(b.z, 1, 1) = ? ORDER BY r.rowid, b.rowid LIMIT ?)",
+                    (_RAW_HEAD, _CATCH_UP)).fetchone()
                 stored = json.loads(stored)
                 if not stored:
                     self._conn.execute("DELETE FROM raw_blobs")
+                    self._raw_pending = False
                     return
                 places, zs, at = [], [], 1
                 for rowid, sha, text in stored:
                     z = self._blobs.deflate(sha, text)
-                    places.append((rowid, at, len(z)))
+                    places.append((rowid, at, len(z), sha))
                     zs.append(z)
                     at += len(z)
                 done = stored[-1][0] if len(stored) == _CATCH_UP else None  # None: the ranges are all done
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     self._conn.execute("UPDATE blob_z SET z = substr(?, p.value ->> 1, p.value ->> 2) "
-                                       "FROM json_each(?) p WHERE blob_z.rowid = p.value ->> 0",
+                                       "FROM json_each(?) p WHERE blob_z.rowid = p.value ->> 0 "
+                                       "AND blob_z.sha256 = p.value ->> 3",
                                        (b"".join(zs), _json_rows(places)))
                     if done is None:
                         self._conn.execute("DELETE FROM raw_blobs")
@@ -462,8 +468,13 @@ class SQLiteBackend(Backend):
                 except BaseException:
                     self._rollback()
                     raise
-            except sqlite3.Error:
-                pass  # readable as they are: deflating them is only a saving
+                self._raw_pending = done is not None
+            except Exception:  # noqa: BLE001 - readable as they are: deflating them is only a saving,
+                try:  # and one that fails would fail again, before every batch
+                    self._conn.execute("DELETE FROM raw_blobs")
+                except sqlite3.Error:
+                    pass
+                self._raw_pending = False
 
     def _make_dict(self, blobs: list[tuple[str, str, int]]) -> None:
         """The file's dictionary, from this batch's snapshots (or the one another writer made first)."""
