@@ -302,6 +302,23 @@ def test_a_catch_up_that_fails_leaves_the_snapshots_readable_and_the_writes_goin
         assert {r.input_context["row"] for r in writer.recent(limit=100)} == set(range(40))  # raw ones as they are
 
 
+def test_the_writer_checkpoints_in_the_background(db_path: Path) -> None:
+    """The WAL's pages reach the file soon after a write, well below the writer's own checkpoint."""
+    def checkpointers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "hive-failures-checkpoint"]
+
+    before = checkpointers()
+    with hof.open_index(db_path) as index:
+        size = db_path.stat().st_size
+        index.add([failure(i, input_context={"row": i, "text": "refund pending " * 30}) for i in range(200)])
+        deadline = time.monotonic() + 5
+        while db_path.stat().st_size <= size and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert db_path.stat().st_size > size  # copied from the WAL into the file, while still open
+        assert len(checkpointers()) == len(before) + 1
+    assert checkpointers() == before  # closing the index stops it
+
+
 def test_the_writers_deflate_without_the_gil_gives_what_pythons_zlib_gives() -> None:
     """The ctypes path (which keeps the GIL) and Python's zlib write the same bytes, with a dictionary or not."""
     import zlib

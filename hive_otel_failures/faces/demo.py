@@ -201,7 +201,7 @@ def main(db: str | None = None) -> None:
             console.print(f"   {line}")
 
     def read_index() -> Any:
-        handle.force_flush()  # the writer thread has committed every record and run outcome
+        handle.force_flush()  # the writer has committed every record and run outcome
         return hof.open_index(location, create=False)
 
     def advice_lines(index: Any) -> tuple[Any, list[str]]:

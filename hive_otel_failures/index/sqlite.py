@@ -1,6 +1,6 @@
 """The failure index in a SQLite file: one connection, guarded by a lock.
 
-The processor's writer thread and readers in the same process share it; other processes read
+The processor's two writer threads and readers in the same process share it; other processes read
 concurrently thanks to WAL.
 """
 
@@ -228,6 +228,56 @@ class _Blobs:
         return (unpacker.decompress(z[1:]) + unpacker.flush()).decode("utf-8")
 
 
+class _Checkpointer:
+    """Checkpoints a writer's WAL on a thread and connection of its own, never waiting for a reader (PASSIVE).
+
+    SQLite's automatic checkpoint runs inside the commit that crosses 1,000 pages of WAL: the
+    writer copied pages into the file and waited for fsync there. Here they are copied beside
+    the writer, at most every _CHECKPOINT_EVERY after a write, giving the GIL up while SQLite
+    works; the writer's own checkpoint stays, at _WAL_PAGES, to bound the WAL (a checkpoint
+    beside a writer that never pauses cannot finish, and only a finished one lets the WAL
+    start over). Draining 40k queued failures: 10.9-11.3k -> 12.6-13.0k failures/s, the WAL
+    at most 43-52 MB instead of 15-16 (without the writer's own checkpoint: 13.0-13.7k/s, but
+    587 MB of WAL).
+    """
+
+    def __init__(self, target: str) -> None:
+        self._wrote = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(target,), name="hive-failures-checkpoint",
+                                        daemon=True)
+        self._thread.start()
+
+    def wrote(self) -> None:
+        self._wrote.set()
+
+    def _run(self, target: str) -> None:
+        try:
+            conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return
+        try:
+            while not self._stop.is_set():
+                self._wrote.wait()
+                self._wrote.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    pass  # busy or failing: the next write asks again, and closing checkpoints too
+                self._stop.wait(_CHECKPOINT_EVERY)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wrote.set()
+        self._thread.join(5)
+
+
+_CHECKPOINT_EVERY = 0.1  # seconds between checkpoints while writes come: ~8 MB of WAL at 15k failures/s
+_WAL_PAGES = 4000  # the writer's own checkpoint (SQLite's default: 1,000 pages): 32 MB of 8 KiB pages
+
+
 def register(conn: sqlite3.Connection, blobs: _Blobs | str) -> None:
     """The functions the schema's blobs view and migrations call, on a connection to this file.
 
@@ -278,6 +328,7 @@ class SQLiteBackend(Backend):
         self._writing = False  # is the writer behind? while a batch is written,
         self._batch_end = 0.0  # and shortly after the last one's end (monotonic)
         self._raw_pending = False  # a batch stored snapshots as they are: catch up once not behind
+        self._checkpointer: _Checkpointer | None = None  # started by the first write
         if not self.path.exists():
             if not create:
                 raise FailureIndexError(f"no failure index at {self.path} (set HIVE_FAILURES_DB or pass --db)")
@@ -420,6 +471,10 @@ class SQLiteBackend(Backend):
                     if chunks:
                         self._conn.execute("DELETE FROM batch_in")
                     raise
+                if self._checkpointer is None:
+                    self._conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_PAGES}")
+                    self._checkpointer = _Checkpointer(str(self.path))
+                self._checkpointer.wrote()
                 # Another statement gives the GIL up once more: only when asked.
                 return self._conn.execute("SELECT added FROM batch_mark").fetchone()[0] if count else 0
             finally:
@@ -486,6 +541,8 @@ class SQLiteBackend(Backend):
     def close(self) -> None:
         """Close; the writer checkpoints without waiting for readers (PASSIVE), readers never do."""
         with self._lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             if not self._reader:
                 try:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
