@@ -2,10 +2,10 @@
 
 ``on_end`` runs on the thread that ended the span (inside Hive's agent loop). It only looks
 for ``hive.failure`` / ``hive.run`` events, on spans that may carry them, and enqueues. The
-writer is two threads: one takes a batch off the queue and turns it into the index's rows
-(Python, under the GIL) while the other writes the previous batch (SQLite, which gives the GIL
-up). Beside a busy application thread, a writer that did both in turn waited for the GIL after
-every write and got half of it for its Python; two threads keep the database busy meanwhile.
+writer takes a batch off the queue and turns it into the index's rows (Python, under the GIL);
+when it is behind, a second thread writes the previous batch meanwhile (SQLite, which gives the
+GIL up). Beside a busy application thread, a writer that did both in turn waited for the GIL
+after every write and got half of it for its Python, while the database sat idle.
 The queue is bounded: when it is full a record is dropped and counted rather than blocking the agent.
 
 A batch is sized so that it is committed about one flush interval (``schedule_delay_millis``)
@@ -221,7 +221,8 @@ class FailureIndexProcessor(SpanProcessor):
 
     # --- writer threads ----------------------------------------------------------------------
     def _run(self) -> None:
-        """The writer's first thread: opens the index, takes batches off the queue, prepares them."""
+        """The writer's first thread: opens the index, takes batches off the queue, prepares them,
+        and writes them too unless it is behind (see _handed)."""
         with suppress_instrumentation():
             self._open()  # early, so readers find the index even before the first failure
             self._database.start()
