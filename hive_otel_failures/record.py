@@ -152,7 +152,7 @@ def utc_time(value: datetime) -> datetime:
 
 
 def time_ns(value: datetime) -> int:
-    """Nanoseconds since the epoch of a ``utc_time``, exact (no float rounding)."""
+    """Nanoseconds since the epoch of an aware datetime (a ``utc_time``), exact (no float rounding)."""
     return (value - _EPOCH) // _MICROSECOND * 1000
 
 

@@ -15,11 +15,11 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from .. import semconv
-from ..record import FailureKind
+from ..record import FailureKind, time_ns
 from .schema import LATEST_VERSION
 
 
@@ -52,13 +52,13 @@ def _snapshot_key(text: str) -> str:
     return binascii.b2a_base64(digest.digest()[:21], newline=False).decode("ascii")
 
 
+def _aware(value: datetime) -> datetime:
+    """``value``, a naive one as UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
 def _ts(value: datetime) -> float:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.timestamp()
-
-
-_EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
+    return _aware(value).timestamp()
 
 
 def _ns(value: datetime) -> int:
@@ -66,9 +66,7 @@ def _ns(value: datetime) -> int:
 
     The database divides; JSON writes an integer at a fifth of what a float's shortest repr costs.
     """
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return (value - _EPOCH) // _MICROSECOND * 1000
+    return time_ns(_aware(value))
 
 
 FAILURE_COLUMNS = (
