@@ -239,12 +239,11 @@ class FailureIndexProcessor(SpanProcessor):
                         taken = time.monotonic()
                         batch = [self._queue.popleft() for _ in range(size)]
                         prepared = self._prepare(batch, size, taken)
-                        if len(self._queue) < self._max_batch and self._handed == self._done:
-                            self._write_counted(prepared)  # not behind: see _handed
-                        elif self._hand_over(prepared):
+                        behind = len(self._queue) >= self._max_batch or self._handed != self._done  # see _handed
+                        if behind and self._hand_over(prepared):
                             self._handed += 1
-                        else:
-                            self._count_written(size, 0, 0, len(prepared[2]) + len(prepared[3]))
+                        else:  # not behind, or the database thread is gone: written here
+                            self._write_counted(prepared)
                     if self._stopping.is_set() and not self._queue:
                         break
             finally:
