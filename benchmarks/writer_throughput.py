@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -148,30 +148,39 @@ def writer_vs_raw(n: int, repeats: int, tmp: Path) -> None:
     print(breakdown.getvalue(), end="")
 
 
-def processor_drain(data: list[tuple[list[dict[str, Any]], list[hof.RunOutcome]]], db: Path) -> tuple[float, float]:
-    """The same records as spans, queued while the writer waits, then drained: (wall s, writer CPU s).
-
-    A failure is a span with its prepared hive.failure event, as record_failure leaves it; a run
-    a span with its hive.run event, timed as the run (the processor takes a run's times from its span).
-    """
-    maker = TracerProvider()  # no processor: spans are made here, then handed over
-    tracer = maker.get_tracer("bench")
-    provider, processor = _processor(db, queue=sum(len(f) + len(r) for f, r in data))
+def queue_while_the_writer_waits(processor: hof.FailureIndexProcessor, spans: Iterable[Any]) -> None:
+    """Hand ``spans`` to the processor while this thread keeps the GIL: a full queue, for its writer to drain."""
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1000)  # the writer waits while the queue fills
+    sys.setswitchinterval(1000)
+    try:
+        for span in spans:
+            processor.on_end(span)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _as_spans(data: list[tuple[list[dict[str, Any]], list[hof.RunOutcome]]]) -> Iterator[Any]:
+    """A failure as a span with its prepared hive.failure event, as record_failure leaves it; a run as a
+    span with its hive.run event, timed as the run (the processor takes a run's times from its span)."""
+    tracer = TracerProvider().get_tracer("bench")  # no processor: spans are made here, then handed over
     for failures, runs in data:
         for failure in failures:
             span = tracer.start_span("hive.node")
             span.add_event(hof.semconv.FAILURE_EVENT, {**failure, hof.semconv.FAILURE_PREPARED: True})
             span.set_status(StatusCode.ERROR)  # as record_failure leaves it: the processor looks in
             span.end()
-            processor.on_end(span)
+            yield span
         for run in runs:
             span = tracer.start_span("hive.run", start_time=int(run.started_at.timestamp() * 1e9))
             hof.record_run(run, span)
             span.end(end_time=int(run.ended_at.timestamp() * 1e9))
-            processor.on_end(span)
-    sys.setswitchinterval(interval)
+            yield span
+
+
+def processor_drain(data: list[tuple[list[dict[str, Any]], list[hof.RunOutcome]]], db: Path) -> tuple[float, float]:
+    """The same records as spans, queued while the writer waits, then drained: (wall s, writer CPU s)."""
+    provider, processor = _processor(db, queue=sum(len(f) + len(r) for f, r in data))
+    queue_while_the_writer_waits(processor, _as_spans(data))
     gc.collect()
     clock = writer_cpu()
     t0, c0 = time.perf_counter(), clock()
@@ -277,11 +286,7 @@ def drain(pool: list[tuple[hof.FailureRecord, hof.RunOutcome]], tmp: Path, failu
     for r in range(rounds):
         spans = [s for _ in range(failures) for s in emitter.one()]
         provider, processor = _processor(tmp / f"drain-{busy}-{r}.db", queue=len(spans))
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(1000)  # the writer waits while the queue fills
-        for span in spans:
-            processor.on_end(span)
-        sys.setswitchinterval(interval)
+        queue_while_the_writer_waits(processor, spans)
         stop = threading.Event()
         app = threading.Thread(target=lambda: [emitter.one() for _ in iter(stop.is_set, True)], daemon=True)
         clock = writer_cpu()
