@@ -194,6 +194,26 @@ def test_a_batch_larger_than_one_statement_is_written_whole(db_path: Path, param
         assert index._db.fetchone("SELECT count(*) FROM temp.batch_in") == (0,)
 
 
+@pytest.mark.parametrize("runs", [1, 2, 3, 4, 701])
+def test_runs_in_one_batch_are_stored_and_counted_as_in_batches_of_one(tmp_path: Path, runs: int) -> None:
+    """Whatever their number, and a run recorded again within the batch merges as it would later."""
+    start = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
+    outcomes = [hof.RunOutcome(session_id=f"s{i % max(1, runs - 1)}", agent_id="report-agent",
+                               agent_version="v-last" if i == runs - 1 else f"v{i % 3}",
+                               quality="degraded" if i == runs - 1 else "good" if i % 2 else None,
+                               success=i % 4 != 1, failures=i % 3, started_at=start + timedelta(minutes=i),
+                               ended_at=start + timedelta(minutes=i, seconds=30)) for i in range(runs)]
+    stored = {}
+    for name, batches in (("one", [outcomes]), ("each", [[o] for o in outcomes])):
+        with hof.open_index(tmp_path / f"{name}.db") as index:
+            for batch in batches:
+                index.add([], batch)
+            stored[name] = [index._db.fetchall(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4")
+                            for table in ("runs", "run_counts")]
+    assert stored["one"] == stored["each"]
+    assert len(stored["one"][0]) == max(1, runs - 1) and stored["one"][1]
+
+
 def test_a_prepared_batch_is_written_only_by_write_batch(db_path: Path) -> None:
     """add_prepared's two halves, as the processor's two threads call them: preparing writes nothing."""
     with hof.open_index(db_path) as index:
