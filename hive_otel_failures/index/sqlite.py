@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .backend import FAILURE_COLUMNS, RUN_COLUMNS, Backend, FailureIndexError, Params, WireRows
 from .schema import MIGRATIONS
@@ -153,13 +153,17 @@ _RECENT = 4096  # deflated snapshots kept by sha256: an agent's graph snapshot r
 # writer that keeps up waits about a flush interval, 200 ms, between batches); a batch that is
 # not behind first deflates up to _CATCH_UP snapshots this connection stored as they were.
 # Behind, it still deflates while the database sets the pace: a batch prepared on one thread
-# while another thread writes and a batch prepared before it still waits (the processor's two
-# threads, the first one ahead). The preparing thread would only wait, and deflated snapshots
-# take a fifth of the database's work off: draining 50k queued failures went from 7.3-11.0k
-# to 12.0-12.4k failures/s, with half the bytes written.
+# while another writes, when that write started within _FED_GAP of the one before. The
+# database thread then waited neither for a batch (the preparing thread is ahead and would
+# only wait) nor for the GIL; deflated snapshots take a fifth of its work off: draining 50k
+# queued failures went from 7.3-11.0k to 12.0-12.4k failures/s, with half the bytes written.
+# "A batch already waits" alone is not enough: beside a busy application thread the database
+# thread waits ~12 ms a batch for the GIL, the preparing thread gets ahead, and deflating
+# there took more of the GIL from both: the drain fell from 5.8-6.2k to 4.5k failures/s.
 _RAW = 0xFF  # z's first byte for a snapshot stored as its UTF-8 text (dictionary ids are small)
 _RAW_HEAD = bytes((_RAW,))
 _BEHIND_GAP = 0.05
+_FED_GAP = 0.001
 _CATCH_UP = 512
 
 
@@ -310,13 +314,6 @@ def _open_sqlite(target: str, busy_timeout: float) -> tuple[sqlite3.Connection, 
     return conn, blobs
 
 
-class _Batch(NamedTuple):
-    """A prepared batch: its statements, and its number among those this connection prepared."""
-
-    seq: int
-    statements: list[tuple[str, list[Any]]]
-
-
 def _statements(script: str) -> Iterable[str]:
     """The statements of a migration, triggers' bodies kept whole."""
     statement = ""
@@ -339,8 +336,7 @@ class SQLiteBackend(Backend):
         self._batch_ready = False  # the temp objects write_batch writes through exist on this connection
         self._writing = False  # is the writer behind? while a batch is written,
         self._batch_end = 0.0  # and shortly after the last one's end (monotonic)
-        self._prepared = 0  # batches prepared on this connection,
-        self._writing_seq = 0  # and the number of the one written last (or being written)
+        self._fed = False  # did the last write start as soon as the one before ended? (_FED_GAP)
         self._raw_pending = False  # a batch stored snapshots as they are: catch up once not behind
         self._checkpointer: _Checkpointer | None = None  # started by the first write
         if not self.path.exists():
@@ -437,7 +433,7 @@ class SQLiteBackend(Backend):
                 self._conn.execute(statement)
             self._batch_ready = True
 
-    def prepare_batch(self, rows: WireRows, runs: list[tuple[Any, ...]]) -> _Batch:
+    def prepare_batch(self, rows: WireRows, runs: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
         """The batch's statements and their parameters: snapshots deflated (or stored as they are).
 
         Python work, but for the file's dictionary (once) and catching up on raw snapshots,
@@ -449,9 +445,7 @@ class SQLiteBackend(Backend):
             self._catch_up()
         if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
             self._make_dict(rows.blobs)
-        self._prepared = seq = self._prepared + 1
-        ahead = self._writing and self._writing_seq < seq - 1  # one waits: see _BEHIND_GAP
-        raw = behind and not ahead
+        raw = behind and not (self._writing and self._fed)  # see _FED_GAP
         blobs, zs, at = [], [], 1
         for sha, text, size in rows.blobs:
             if not raw:
@@ -466,18 +460,18 @@ class SQLiteBackend(Backend):
         most = max(_PAD, min(_ROWS, (limit - 4) // _WIDTH // _PAD * _PAD))
         *chunks, last = [rows.failures[i:i + most] for i in range(0, len(rows.failures), most)] or [[]]
         padding = _padded(len(last), most) - len(last)
-        return _Batch(seq, [
-            *((_insert_batch(len(chunk), False), [*chain.from_iterable(chunk)]) for chunk in chunks),
-            (_insert_batch(len(last) + padding, True), [
-                *chain.from_iterable(last), *(None,) * (padding * _WIDTH), _json_rows(blobs), _json_rows(runs),
-                b"".join(zs), raw])])
+        return [*((_insert_batch(len(chunk), False), [*chain.from_iterable(chunk)]) for chunk in chunks),
+                (_insert_batch(len(last) + padding, True), [
+                    *chain.from_iterable(last), *(None,) * (padding * _WIDTH), _json_rows(blobs), _json_rows(runs),
+                    b"".join(zs), raw])]
 
-    def write_batch(self, batch: _Batch, *, count: bool = True) -> int:
+    def write_batch(self, batch: list[tuple[str, list[Any]]], *, count: bool = True) -> int:
         with self._lock:
-            self._writing, self._writing_seq = True, batch.seq
+            self._fed = time.monotonic() - self._batch_end < _FED_GAP
+            self._writing = True
             try:
                 self._batch_schema()
-                *chunks, (last, params) = batch.statements
+                *chunks, (last, params) = batch
                 try:
                     for sql, chunk in chunks:  # more rows than one statement takes (_ROWS, or SQLite's limit)
                         self._conn.execute(sql, chunk)
