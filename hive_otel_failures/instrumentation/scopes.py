@@ -31,13 +31,23 @@ _VOLATILE = frozenset({"created_at", "updated_at"})
 class Definition:
     """An agent definition (GraphSpec + Goal, or AgentSpec + model) and its version hash.
 
-    Every run needs the version; only a failure turns the parts into a (scrubbed) snapshot,
-    which record preparation does once.
+    The version is hashed when first asked for: a graph run's span carries it from the start,
+    while an agent's run needs it only for what is recorded at its end (its outcome, a failure),
+    so an unsampled, successful agent run serialises nothing. Only a failure turns the parts
+    into a (scrubbed) snapshot, which record preparation does once.
     """
+
+    __slots__ = ("parts", "_version")
 
     def __init__(self, parts: dict[str, Any]) -> None:
         self.parts = parts
-        self.version = version_of(parts)
+        self._version: str | None = None
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            self._version = version_of(self.parts)
+        return self._version
 
     def snapshot_parts(self) -> dict[str, Any]:
         """The definition as plain data without pydantic defaults: what a reader needs, smaller to scrub."""
