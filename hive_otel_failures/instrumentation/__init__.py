@@ -132,44 +132,42 @@ class _guard:  # noqa: N801 - used like a function: ``with _guard("what"):``
         return False
 
 
-class _Active:
-    """``span`` as the current span, ended on exit; while Hive runs inside it, ``unit`` collects
-    what happens and Hive's JSON logs carry the span's trace and span ids.
+_Restore = tuple[Any, Any, Any, Any]  # what _activate changed: context token, unit token, log context and token
 
-    One plain class rather than the SDK's generator context managers: it is on every step's path.
+
+def _activate(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None, unit: UnitScope | None,
+              log_context: Any) -> tuple[Span, _Restore]:
+    """Start a span for a Hive step and make it current: while Hive runs inside it, ``unit``
+    collects what happens and Hive's JSON logs carry the span's trace and span ids.
+    ``_deactivate(span, restore)`` undoes that and ends the span.
+
+    Two plain functions in a ``try``/``finally`` rather than a context manager (a class of ours,
+    or the SDK's generator ones): they are on every step's path, and a ``with`` costs ~3k
+    instructions a span more.
     """
+    # The current context, read once (not by the tracer, its sampler and set_span_in_context each):
+    # the span's parent, and what the span is made current in.
+    parent = context.get_current()
+    span = _start_span(tracer, name, attributes, parent)
+    context_token = context.attach(trace.set_span_in_context(span, parent))
+    unit_token = current_unit.set(unit) if unit is not None else None
+    log_token = None
+    if log_context is not None:
+        ctx = span.get_span_context()
+        if ctx.is_valid:
+            log_token = log_context.set({**(log_context.get() or {}), "trace_id": _trace_hex(ctx.trace_id),
+                                         "span_id": f"{ctx.span_id:016x}"})  # as format_span_id
+    return span, (context_token, unit_token, log_context, log_token)
 
-    __slots__ = ("span", "unit", "log_context", "_parent", "_context_token", "_unit_token", "_log_token")
 
-    def __init__(self, tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None, unit: UnitScope | None,
-                 log_context: Any) -> None:
-        # The current context, read once (not by the tracer, its sampler and set_span_in_context each):
-        # the span's parent, and what the span is made current in.
-        self._parent = parent = context.get_current()
-        self.span = _start_span(tracer, name, attributes, parent)
-        self.unit, self.log_context = unit, log_context
-        self._context_token = self._unit_token = self._log_token = None
-
-    def __enter__(self) -> Span:
-        span = self.span
-        self._context_token = context.attach(trace.set_span_in_context(span, self._parent))
-        if self.unit is not None:
-            self._unit_token = current_unit.set(self.unit)
-        log_context = self.log_context
-        if log_context is not None:
-            ctx = span.get_span_context()
-            if ctx.is_valid:
-                self._log_token = log_context.set({**(log_context.get() or {}), "trace_id": _trace_hex(ctx.trace_id),
-                                                   "span_id": f"{ctx.span_id:016x}"})  # as format_span_id
-        return span
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._log_token is not None:
-            self.log_context.reset(self._log_token)
-        if self._unit_token is not None:
-            current_unit.reset(self._unit_token)
-        context.detach(self._context_token)
-        self.span.end()
+def _deactivate(span: Span, restore: _Restore) -> None:
+    context_token, unit_token, log_context, log_token = restore
+    if log_token is not None:
+        log_context.reset(log_token)
+    if unit_token is not None:
+        current_unit.reset(unit_token)
+    context.detach(context_token)
+    span.end()
 
 
 _last_trace: tuple[int, str] = (0, format_trace_id(0))
@@ -371,7 +369,7 @@ class _Attempts:
             self._end_open_span(self._ended_at)
         unit = self.unit
         unit.attempts += 1
-        parent = context.get_current()  # read once, as _Active does
+        parent = context.get_current()  # read once, as _activate does
         span = self._span = _start_span(
             self.tracer, self.name, {**self.attributes, semconv.HIVE_NODE_ATTEMPT: unit.attempts}, parent)
         token = context.attach(trace.set_span_in_context(span, parent))
@@ -469,7 +467,8 @@ class _Hooks:
                 _slip("workflow attributes", exc)
         name = run.agent_id if run else "graph"
         # Hive sets its own log trace context on this path (see start_run).
-        with _Active(self.tracer, f"{semconv.OP_INVOKE_WORKFLOW} {name}", attributes, None, None) as span:
+        span, restore = _activate(self.tracer, f"{semconv.OP_INVOKE_WORKFLOW} {name}", attributes, None, None)
+        try:
             token = current_run.set(run) if run else None
             try:
                 result = await wrapped(instance, *args, **kwargs)
@@ -491,6 +490,8 @@ class _Hooks:
                 await _publish_violations(run.event_bus, violations, stream_id=getattr(instance, "_stream_id", ""),
                                           execution_id=getattr(instance, "_execution_id", ""), node_id=None)
             return result
+        finally:
+            _deactivate(span, restore)
 
     def _finish_workflow(self, span: Span, run: RunScope, result: Any, exc: BaseException | None) -> list[Violation]:
         """Record the run's outcome (and a failure no node owns); check its conditions. Returns the
@@ -635,19 +636,20 @@ class _Hooks:
         attributes: dict[str, Any] = {}
         with _guard("worker attributes"):
             attributes = {**_agent_attributes(info or {}), semconv.HIVE_WORKER_ID: str(getattr(instance, "id", ""))}
-        with _Active(self.tracer, f"{semconv.OP_INVOKE_AGENT} {name}", attributes, unit, self.log_context) as span:
-            try:
-                result = await wrapped(instance, *args, **kwargs)
-            except BaseException as exc:
-                with _guard("worker crashed"):
-                    if unit and not isinstance(exc, asyncio.CancelledError):
-                        if unit.exception is not exc:  # crashed outside the loop: no inner span has it
-                            _record_exception(span, exc)
-                        unit.exception = exc
-                        _record(span, unit, kind=FailureKind.WORKER_CRASHED, error_type=qualified_name(exc),
-                                error_message=str(exc))
-                        self._run_outcome(span, unit, success=False, quality="crashed", failures=1)
-                raise
+        span, restore = _activate(self.tracer, f"{semconv.OP_INVOKE_AGENT} {name}", attributes, unit, self.log_context)
+        try:
+            result = await wrapped(instance, *args, **kwargs)
+        except BaseException as exc:
+            with _guard("worker crashed"):
+                if unit and not isinstance(exc, asyncio.CancelledError):
+                    if unit.exception is not exc:  # crashed outside the loop: no inner span has it
+                        _record_exception(span, exc)
+                    unit.exception = exc
+                    _record(span, unit, kind=FailureKind.WORKER_CRASHED, error_type=qualified_name(exc),
+                            error_message=str(exc))
+                    self._run_outcome(span, unit, success=False, quality="crashed", failures=1)
+            raise
+        else:
             violations: list[Violation] = []
             with _guard("worker end"):
                 if unit:
@@ -657,6 +659,8 @@ class _Hooks:
                                           stream_id=getattr(ctx, "stream_id", ""),
                                           execution_id=getattr(ctx, "execution_id", ""), node_id=None)
             return result
+        finally:
+            _deactivate(span, restore)
 
     def _worker_done(self, span: Span, unit: UnitScope, result: Any, conditions: ConditionSet | None,
                      step_input: Any) -> list[Violation]:
@@ -711,23 +715,24 @@ class _Hooks:
             attributes = _agent_attributes(info)
         except Exception as exc:
             _slip("loop attributes", exc)
-        with _Active(self.tracer, f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}", attributes, owner,
-                     self.log_context) as span:
-            try:
-                result = await wrapped(instance, *args, **kwargs)
-            except BaseException as exc:
-                with _guard("loop raised"):
-                    if not isinstance(exc, asyncio.CancelledError):
-                        unit = owner or current_unit.get()
-                        if unit is not None:
-                            unit.exception = exc
-                        _record_exception(span, exc)
-                        _fail_span(span, qualified_name(exc), str(exc))
-                        if owner:
-                            _record(span, owner, kind=FailureKind.EXCEPTION, error_type=qualified_name(exc),
-                                    error_message=str(exc))
-                            self._run_outcome(span, owner, success=False, quality="crashed", failures=1)
-                raise
+        span, restore = _activate(self.tracer, f"{semconv.OP_INVOKE_AGENT} {info.get('name') or 'agent'}", attributes,
+                                  owner, self.log_context)
+        try:
+            result = await wrapped(instance, *args, **kwargs)
+        except BaseException as exc:
+            with _guard("loop raised"):
+                if not isinstance(exc, asyncio.CancelledError):
+                    unit = owner or current_unit.get()
+                    if unit is not None:
+                        unit.exception = exc
+                    _record_exception(span, exc)
+                    _fail_span(span, qualified_name(exc), str(exc))
+                    if owner:
+                        _record(span, owner, kind=FailureKind.EXCEPTION, error_type=qualified_name(exc),
+                                error_message=str(exc))
+                        self._run_outcome(span, owner, success=False, quality="crashed", failures=1)
+            raise
+        else:
             violations: list[Violation] = []
             try:
                 violations = self._loop_done(span, owner, result, conditions)
@@ -738,6 +743,8 @@ class _Hooks:
                                           stream_id=info.get("stream_id"), execution_id=info.get("execution_id"),
                                           node_id=None)
             return result
+        finally:
+            _deactivate(span, restore)
 
     def _loop_done(self, span: Span, owner: UnitScope | None, result: Any,
                    conditions: ConditionSet | None) -> list[Violation]:
@@ -782,15 +789,16 @@ class _Hooks:
         if self.export_content:
             with _guard("tool attributes"):
                 attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = safe_text(getattr(tc, "tool_input", None))
-        with _Active(self.tracer, f"{semconv.OP_EXECUTE_TOOL} {name}", attributes, None, self.log_context) as span:
-            try:
-                result = await wrapped(instance, *args, **kwargs)
-            except Exception as exc:
-                with _guard("tool raised"):
-                    _record_exception(span, exc)
-                    _fail_span(span, qualified_name(exc), str(exc))
-                    self._note_tool(tc, name, str(exc), True)
-                raise
+        span, restore = _activate(self.tracer, f"{semconv.OP_EXECUTE_TOOL} {name}", attributes, None, self.log_context)
+        try:
+            result = await wrapped(instance, *args, **kwargs)
+        except Exception as exc:
+            with _guard("tool raised"):
+                _record_exception(span, exc)
+                _fail_span(span, qualified_name(exc), str(exc))
+                self._note_tool(tc, name, str(exc), True)
+            raise
+        else:
             try:
                 is_error = bool(getattr(result, "is_error", False))
                 content = getattr(result, "content", None)
@@ -804,6 +812,8 @@ class _Hooks:
             except Exception as exc:
                 _slip("tool end", exc)
             return result
+        finally:
+            _deactivate(span, restore)
 
     @staticmethod
     def _note_tool(tc: Any, name: str, content: Any, is_error: bool) -> None:

@@ -26,18 +26,30 @@ _LIMITS = Limits.from_env()
 MAX_TOOL_NAMES = 10_000  # tool names kept per unit and run for conditions (``tool_calls``); the oldest win
 # Hive's Goal stamps itself with the time it was built: not part of what the agent is.
 _VOLATILE = frozenset({"created_at", "updated_at"})
+# The same exclusion as pydantic's serializer takes it fastest: a set is converted on every call.
+_EXCLUDE_VOLATILE = dict.fromkeys(_VOLATILE, True)
 
 
 class Definition:
     """An agent definition (GraphSpec + Goal, or AgentSpec + model) and its version hash.
 
-    Every run needs the version; only a failure turns the parts into a (scrubbed) snapshot,
-    which record preparation does once.
+    The version is hashed when first asked for: a graph run's span carries it from the start,
+    while an agent's run needs it only for what is recorded at its end (its outcome, a failure),
+    so an unsampled, successful agent run serialises nothing. Only a failure turns the parts
+    into a (scrubbed) snapshot, which record preparation does once.
     """
+
+    __slots__ = ("parts", "_version")
 
     def __init__(self, parts: dict[str, Any]) -> None:
         self.parts = parts
-        self.version = version_of(parts)
+        self._version: str | None = None
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            self._version = version_of(self.parts)
+        return self._version
 
     def snapshot_parts(self) -> dict[str, Any]:
         """The definition as plain data without pydantic defaults: what a reader needs, smaller to scrub."""
@@ -181,7 +193,7 @@ def _canonical_bytes(value: Any) -> bytes:
         return encode_basestring(value).encode("utf-8", "replace")
     if getattr(type(value), "model_dump_json", None) is _MODEL_DUMP_JSON:
         # What model_dump_json returns, as the bytes it decodes (then we encode again): the same hash
-        return value.__pydantic_serializer__.to_json(value, exclude=_VOLATILE)  # type: ignore[no-any-return]
+        return value.__pydantic_serializer__.to_json(value, exclude=_EXCLUDE_VOLATILE)  # type: ignore[no-any-return]
     dump = getattr(value, "model_dump_json", None)
     if callable(dump):  # pydantic's own serialiser: fast, stable for one definition
         return dump(exclude=_VOLATILE).encode("utf-8", "replace")
