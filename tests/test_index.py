@@ -280,43 +280,6 @@ def test_a_writer_behind_stores_snapshots_as_they_are_and_deflates_them_once_it_
             f"s{i}": contexts[i] for i in range(60)}
 
 
-@pytest.mark.parametrize("fed", [True, False])
-def test_a_batch_prepared_while_a_fed_database_writes_is_deflated(db_path: Path, fed: bool) -> None:
-    """Behind, but the database sets the pace (each write starts as the one before ends): the
-    thread preparing the next batch would only wait, so it deflates; if the database waited, raw."""
-    def batch_of(start: int, n: int) -> list:
-        return [to_attributes(prepare(failure(i, input_context={"row": i, "text": "refund pending " * 30})))
-                for i in range(start, start + n)]
-
-    with hof.open_index(db_path, create=True) as index:
-        index.add_prepared(batch_of(0, 20))  # the file's dictionary
-        time.sleep(2 * _BEHIND_GAP)
-        first, second = index.prepare_batch(batch_of(20, 10)), index.prepare_batch(batch_of(30, 4000))
-        blocker = sqlite3.connect(db_path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the first write waits for it: the second follows it at once
-
-        def database() -> None:
-            index.write_batch(first)
-            if not fed:
-                time.sleep(0.01)  # the database waited for a batch
-            index.write_batch(second)  # ~4k failures: long enough to prepare one beside it
-
-        thread = threading.Thread(target=database)
-        thread.start()
-        time.sleep(0.2)
-        blocker.execute("COMMIT")
-        time.sleep(0.05)
-        third = index.prepare_batch(batch_of(4030, 10))  # while the second batch is written
-        thread.join()
-        blocker.close()
-        index.write_batch(third)
-        heads = index._db.fetchall("SELECT DISTINCT substr(b.z, 1, 1) FROM failures f JOIN blob_z b "
-                                   "ON b.sha256 = f.input_context_sha WHERE f.session_id IN (%s)"
-                                   % ", ".join(f"'s{i}'" for i in range(4030, 4040)))
-        assert heads == ([(b"\x01",)] if fed else [(b"\xff",)])  # the file's dictionary, or stored as text
-        assert sorted(r.input_context["row"] for r in index.recent(limit=10)) == list(range(4030, 4040))
-
-
 def test_a_long_backlog_is_deflated_a_part_at_a_time(db_path: Path) -> None:
     """Up to 512 snapshots per batch that keeps up, the rest of the backlog's range with the next ones."""
     def raw_snapshots(index) -> int:

@@ -152,18 +152,11 @@ _RECENT = 4096  # deflated snapshots kept by sha256: an agent's graph snapshot r
 # prepared while another is being written, or within _BEHIND_GAP of the last write's end (a
 # writer that keeps up waits about a flush interval, 200 ms, between batches); a batch that is
 # not behind first deflates up to _CATCH_UP snapshots this connection stored as they were.
-# Behind, it still deflates while the database sets the pace: a batch prepared on one thread
-# while another writes, when that write started within _FED_GAP of the one before. The
-# database thread then waited neither for a batch (the preparing thread is ahead and would
-# only wait) nor for the GIL; deflated snapshots take a fifth of its work off: draining 50k
-# queued failures went from 7.3-11.0k to 12.0-12.4k failures/s, with half the bytes written.
-# "A batch already waits" alone is not enough: beside a busy application thread the database
-# thread waits ~12 ms a batch for the GIL, the preparing thread gets ahead, and deflating
-# there took more of the GIL from both: the drain fell from 5.8-6.2k to 4.5k failures/s.
+# (Deflating anyway while batches reach the database back to back was tried: draining 100k
+# alone went 12% faster, but draining 10k went 15-20% slower alone, 20-30% beside a busy thread.)
 _RAW = 0xFF  # z's first byte for a snapshot stored as its UTF-8 text (dictionary ids are small)
 _RAW_HEAD = bytes((_RAW,))
 _BEHIND_GAP = 0.05
-_FED_GAP = 0.001
 _CATCH_UP = 512
 
 
@@ -336,7 +329,6 @@ class SQLiteBackend(Backend):
         self._batch_ready = False  # the temp objects write_batch writes through exist on this connection
         self._writing = False  # is the writer behind? while a batch is written,
         self._batch_end = 0.0  # and shortly after the last one's end (monotonic)
-        self._fed = False  # did the last write start as soon as the one before ended? (_FED_GAP)
         self._raw_pending = False  # a batch stored snapshots as they are: catch up once not behind
         self._checkpointer: _Checkpointer | None = None  # started by the first write
         if not self.path.exists():
@@ -445,10 +437,9 @@ class SQLiteBackend(Backend):
             self._catch_up()
         if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
             self._make_dict(rows.blobs)
-        raw = behind and not (self._writing and self._fed)  # see _FED_GAP
         blobs, zs, at = [], [], 1
         for sha, text, size in rows.blobs:
-            if not raw:
+            if not behind:
                 z = codec.deflate(sha, text)
             elif (z := codec.deflated(sha)) is None:  # an agent's graph recurs: deflated already
                 z = _RAW_HEAD + text.encode("utf-8")
@@ -463,11 +454,10 @@ class SQLiteBackend(Backend):
         return [*((_insert_batch(len(chunk), False), [*chain.from_iterable(chunk)]) for chunk in chunks),
                 (_insert_batch(len(last) + padding, True), [
                     *chain.from_iterable(last), *(None,) * (padding * _WIDTH), _json_rows(blobs), _json_rows(runs),
-                    b"".join(zs), raw])]
+                    b"".join(zs), behind])]
 
     def write_batch(self, batch: list[tuple[str, list[Any]]], *, count: bool = True) -> int:
         with self._lock:
-            self._fed = time.monotonic() - self._batch_end < _FED_GAP
             self._writing = True
             try:
                 self._batch_schema()
