@@ -280,6 +280,31 @@ def test_a_writer_behind_stores_snapshots_as_they_are_and_deflates_them_once_it_
             f"s{i}": contexts[i] for i in range(60)}
 
 
+def test_a_writer_behind_for_long_deflates_once_its_backlog_is_full(db_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind for good, a writer would never catch up: past _RAW_BACKLOG text snapshots it deflates."""
+    from hive_otel_failures.index import sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "_RAW_BACKLOG", 15)
+    contexts = [{"row": i, "text": f"order {i} of customer {i * 7} awaits a refund " * 20} for i in range(50)]
+
+    def as_text(rows: range) -> list[int]:
+        return [z[0] == 0xFF for (z,) in writer._db.fetchall(
+            "SELECT b.z FROM failures f JOIN blob_z b ON b.sha256 = f.input_context_sha WHERE f.session_id IN (%s) "
+            "ORDER BY f.rowid" % ", ".join(f"'s{i}'" for i in rows))]
+
+    with hof.open_index(db_path, create=True) as writer:
+        writer.add([failure(i, input_context=contexts[i]) for i in range(20)])
+        for start in (20, 30, 40):  # behind: each batch right after the one before
+            writer.add([failure(i, input_context=contexts[i]) for i in range(start, start + 10)])
+        assert as_text(range(20, 40)) == [True] * 20 and as_text(range(40, 50)) == [False] * 10
+        time.sleep(2 * _BEHIND_GAP)
+        writer.add([])  # keeps up: catches up
+        assert as_text(range(50)) == [False] * 50
+        assert {r.session_id: r.input_context for r in writer.recent(limit=100)} == {
+            f"s{i}": contexts[i] for i in range(50)}
+
+
 def test_a_long_backlog_is_deflated_a_part_at_a_time(db_path: Path) -> None:
     """Up to 512 snapshots per batch that keeps up, the rest of the backlog's range with the next ones."""
     def raw_snapshots(index) -> int:

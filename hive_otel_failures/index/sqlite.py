@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 # The writer hands SQLite a batch in as few statements as it can (one, up to _ROWS failures), and a
 # trigger writes it: the batch's failures rows go in as bound parameters, rows of the temporary
 # table batch_in, and the last statement's last row carries the rest as JSON (blobs, runs), one
-# BLOB (the snapshots' bytes) and whether they are stored as they are (raw); inserting that row
+# BLOB (the snapshots' bytes) and how many are stored as their text (raw); inserting that row
 # writes blobs, failures (an id already stored is skipped), their patterns and hourly/daily
 # counters, run outcomes, and notes the rowids of raw snapshots. Each SQLite call gives up the
 # GIL, and beside a busy application thread every hand-off costs the writer a switch interval
@@ -152,12 +152,16 @@ _RECENT = 4096  # deflated snapshots kept by sha256: an agent's graph snapshot r
 # prepared while another is being written, or within _BEHIND_GAP of the last write's end (a
 # writer that keeps up waits about a flush interval, 200 ms, between batches); a batch that is
 # not behind first deflates up to _CATCH_UP snapshots this connection stored as they were.
-# (Deflating anyway while batches reach the database back to back was tried: draining 100k
+# A writer behind for long deflates anyway once _RAW_BACKLOG snapshots wait for it: behind for
+# good, it never catches up, and a file of text snapshots (4.5 KB a failure) writes more pages
+# a failure: draining 500k, 8.8k failures/s in the first 100k fell to 2.9k in the fifth.
+# (Deflating behind while batches reach the database back to back was tried: draining 100k
 # alone went 12% faster, but draining 10k went 15-20% slower alone, 20-30% beside a busy thread.)
 _RAW = 0xFF  # z's first byte for a snapshot stored as its UTF-8 text (dictionary ids are small)
 _RAW_HEAD = bytes((_RAW,))
 _BEHIND_GAP = 0.05
 _CATCH_UP = 512
+_RAW_BACKLOG = 50_000  # ~110 MB of text snapshots at most
 
 
 def deflate(text: str, level: int = _LEVEL) -> bytes:
@@ -329,7 +333,7 @@ class SQLiteBackend(Backend):
         self._batch_ready = False  # the temp objects write_batch writes through exist on this connection
         self._writing = False  # is the writer behind? while a batch is written,
         self._batch_end = 0.0  # and shortly after the last one's end (monotonic)
-        self._raw_pending = False  # a batch stored snapshots as they are: catch up once not behind
+        self._raw_backlog = 0  # snapshots stored as they are, to deflate once not behind
         self._checkpointer: _Checkpointer | None = None  # started by the first write
         if not self.path.exists():
             if not create:
@@ -433,16 +437,18 @@ class SQLiteBackend(Backend):
         """
         behind = self._writing or time.monotonic() - self._batch_end < _BEHIND_GAP
         codec = self._blobs
-        if not behind and self._raw_pending:
+        if not behind and self._raw_backlog:
             self._catch_up()
         if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
             self._make_dict(rows.blobs)
-        blobs, zs, at = [], [], 1
+        as_text = behind and self._raw_backlog < _RAW_BACKLOG
+        blobs, zs, at, texts = [], [], 1, 0
         for sha, text, size in rows.blobs:
-            if not behind:
+            if not as_text:
                 z = codec.deflate(sha, text)
             elif (z := codec.deflated(sha)) is None:  # an agent's graph recurs: deflated already
                 z = _RAW_HEAD + text.encode("utf-8")
+                texts += 1
             blobs.append((sha, at, len(z), size))
             zs.append(z)
             at += len(z)
@@ -454,7 +460,7 @@ class SQLiteBackend(Backend):
         return [*((_insert_batch(len(chunk), False), [*chain.from_iterable(chunk)]) for chunk in chunks),
                 (_insert_batch(len(last) + padding, True), [
                     *chain.from_iterable(last), *(None,) * (padding * _WIDTH), _json_rows(blobs), _json_rows(runs),
-                    b"".join(zs), behind])]
+                    b"".join(zs), texts])]
 
     def write_batch(self, batch: list[tuple[str, list[Any]]], *, count: bool = True) -> int:
         with self._lock:
@@ -468,7 +474,7 @@ class SQLiteBackend(Backend):
                     # One statement, so its own transaction: it takes the write lock before it reads (the
                     # busy timeout applies) and commits or rolls back whole.
                     self._conn.execute(last, params)
-                    self._raw_pending = self._raw_pending or bool(params[-1])
+                    self._raw_backlog += params[-1]
                 except BaseException:
                     if chunks:
                         self._conn.execute("DELETE FROM batch_in")
@@ -501,7 +507,7 @@ class SQLiteBackend(Backend):
                 stored = json.loads(stored)
                 if not stored:
                     self._conn.execute("DELETE FROM raw_blobs")
-                    self._raw_pending = False
+                    self._raw_backlog = 0
                     return
                 places, zs, at = [], [], 1
                 for rowid, sha, text in stored:
@@ -525,13 +531,14 @@ class SQLiteBackend(Backend):
                 except BaseException:
                     self._rollback()
                     raise
-                self._raw_pending = done is not None
+                # an estimate (a text snapshot another batch stored first is counted): at least 1 while ranges remain
+                self._raw_backlog = 0 if done is None else max(1, self._raw_backlog - len(stored))
             except Exception:  # noqa: BLE001 - readable as they are: deflating them is only a saving,
                 try:  # and one that fails would fail again, before every batch
                     self._conn.execute("DELETE FROM raw_blobs")
                 except sqlite3.Error:
                     pass
-                self._raw_pending = False
+                self._raw_backlog = 0
 
     def _make_dict(self, blobs: list[tuple[str, str, int]]) -> None:
         """The file's dictionary, from this batch's snapshots (or the one another writer made first)."""
