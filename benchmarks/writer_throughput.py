@@ -99,6 +99,11 @@ def size_breakdown(db: Path, n: int, indent: str = "   ") -> None:
         pages = {}
     total = db.stat().st_size
     free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+    try:  # snapshots a writer that was behind stored as text, not deflated yet (it catches up once it keeps up)
+        as_text, text_bytes = conn.execute("SELECT count(*), coalesce(sum(length(z)), 0) FROM blob_z "
+                                           "WHERE substr(z, 1, 1) = x'ff'").fetchone()
+    except sqlite3.OperationalError:  # a file from before blob_z
+        as_text = text_bytes = 0
     conn.close()
     parts, seen = [], set()
     for label, names in _GROUPS:
@@ -106,7 +111,9 @@ def size_breakdown(db: Path, n: int, indent: str = "   ") -> None:
         seen.update(names)
         parts.append(f"{label} {sum(pages.get(k, 0) for k in names) / n:,.0f}")
     print(f"{indent}file {total / n:,.0f} bytes per failure = " + " + ".join(parts)
-          + (f" + free pages {free / n:,.0f}" if free else ""))
+          + (f" + free pages {free / n:,.0f}" if free else "")
+          + (f"; of the snapshots, {as_text:,} ({text_bytes / n:,.0f} bytes per failure) are stored as text, "
+             "not deflated yet" if as_text else ""))
 
 
 # --- 1. alone vs raw executemany ------------------------------------------------------------------
@@ -211,20 +218,28 @@ def _resident_mb() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _written_bytes() -> int:
+    """Bytes this process has handed to write() so far: the WAL's pages and the checkpoints' copies."""
+    with open("/proc/self/io") as io_counters:
+        return next(int(line.split()[1]) for line in io_counters if line.startswith("wchar:"))
+
+
 def growth(n: int, tmp: Path, step: int = 100_000, chunk: int = 20) -> None:
     """The processor's writer as the file grows, per ``step`` failures: failures/s, bytes, memory.
 
     The stream comes as spans, ``chunk`` batches (~10k failures) at a time, each queued while
     the writer waits and then drained (as in section 1), so the writer always has a backlog;
     only the drains are timed. Memory is read after each drain, with the chunk's spans freed:
-    what the process keeps as the file grows.
+    what the process keeps as the file grows. And the bytes written per failure: a batch's
+    inserts into indexes on random keys (failure ids, snapshot keys) dirty a page each, so
+    those grow with the file until each insert lands on a page of its own.
     """
     db = tmp / "growth.db"
     print(f"2. growth to {n:,} failures through the processor's writer: per {step:,}")
-    print("   failures | failures/s in the step (per writer CPU-s) | bytes/failure | RSS MB")
+    print("   failures | failures/s in the step (per writer CPU-s) | bytes/failure | written/failure | RSS MB")
     provider, processor = _processor(db, queue=chunk * BATCH * 8)
     clock = writer_cpu()
-    done, spent, cpu, mark = 0, 0.0, 0.0, step
+    done, spent, cpu, mark, written = 0, 0.0, 0.0, step, _written_bytes()
     stream = batches(n, seed=5)
     while data := list(itertools.islice(stream, chunk)):
         queue_while_the_writer_waits(processor, _as_spans(data))
@@ -236,9 +251,11 @@ def growth(n: int, tmp: Path, step: int = 100_000, chunk: int = 20) -> None:
         done += sum(len(failures) for failures, _ in data)
         if done >= mark or len(data) < chunk:
             gc.collect()
-            print(f"   {done:>8,} | {(done - mark + step) / spent:>22,.0f} ({(done - mark + step) / cpu:>7,.0f}) | "
-                  f"{_db_bytes(db) / done:>13,.0f} | {_resident_mb():>6,.0f}", flush=True)
-            spent, cpu, mark = 0.0, 0.0, mark + step
+            in_step, now_written = done - mark + step, _written_bytes()
+            print(f"   {done:>8,} | {in_step / spent:>22,.0f} ({in_step / cpu:>7,.0f}) | "
+                  f"{_db_bytes(db) / done:>13,.0f} | {(now_written - written) / in_step:>15,.0f} | "
+                  f"{_resident_mb():>6,.0f}", flush=True)
+            spent, cpu, mark, written = 0.0, 0.0, mark + step, now_written
     stats = processor.stats()
     assert stats.dropped == stats.errors == 0 and stats.written == done, stats
     provider.shutdown()
