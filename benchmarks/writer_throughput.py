@@ -44,6 +44,7 @@ import hive_otel_failures as hof
 from _query_data import BATCH, World, generate
 from hive_otel_failures.record import from_attributes
 from processor_overhead import raw_executemany, stored_rows, writer_cpu
+from memory import rss_mb  # resident memory now, not the peak
 
 TABLES = ("blob_z", "failures", "patterns", "failure_counts", "runs", "run_counts")
 RUNS_PER_FAILURE_SPAN = 4  # successful runs emitted beside each failing one
@@ -212,12 +213,6 @@ def _blob_table(db: Path) -> str:
 
 
 # --- 2. growth --------------------------------------------------------------------------------------
-def _resident_mb() -> float:
-    """This process's resident memory now (not its peak)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def _written_bytes() -> int:
     """Bytes this process has handed to write() so far: the WAL's pages and the checkpoints' copies."""
     with open("/proc/self/io") as io_counters:
@@ -254,7 +249,7 @@ def growth(n: int, tmp: Path, step: int = 100_000, chunk: int = 20) -> None:
             in_step, now_written = done - mark + step, _written_bytes()
             print(f"   {done:>8,} | {in_step / spent:>22,.0f} ({in_step / cpu:>7,.0f}) | "
                   f"{_db_bytes(db) / done:>13,.0f} | {(now_written - written) / in_step:>15,.0f} | "
-                  f"{_resident_mb():>6,.0f}", flush=True)
+                  f"{rss_mb():>6,.0f}", flush=True)
             spent, cpu, mark, written = 0.0, 0.0, mark + step, now_written
     stats = processor.stats()
     assert stats.dropped == stats.errors == 0 and stats.written == done, stats
