@@ -1,43 +1,39 @@
 """FailureIndexProcessor: failure spans in, index rows out, never on the application's time.
 
 ``on_end`` runs on the thread that ended the span (inside Hive's agent loop). It only looks
-for ``hive.failure`` / ``hive.run`` events, on spans that may carry them, and enqueues. The
-writer takes a batch off the queue and turns it into the index's rows (Python, under the GIL);
-when it is behind, a second thread writes the previous batch meanwhile (SQLite, which gives the
-GIL up). Beside a busy application thread, a writer that did both in turn waited for the GIL
-after every write and got half of it for its Python, while the database sat idle.
-The queue is bounded: when it is full a record is dropped and counted rather than blocking the agent.
+for ``hive.failure`` / ``hive.run`` events, on spans that may carry them, and enqueues. A
+thread of ours takes batches off the queue and hands them, marshalled, to the index writer:
+a process of its own (writer.py), so that turning them into rows and writing them never
+waits for, nor holds, the application's GIL. The queue is bounded: when it is full a record
+is dropped and counted rather than blocking the agent; so is what the writer holds (a few
+batches). A writer process that dies is counted (its unwritten records as errors) and
+started again.
 
 A batch is sized so that it is committed about one flush interval (``schedule_delay_millis``)
 after it was taken off the queue, at most ``max_batch_size`` records: while the writer keeps up,
 a record is on disk within one interval (to be picked up) plus one, so a kill -9 loses only
-the newest records.
+the newest records; a kill -9 of the application alone loses none that it handed over.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
+from typing import IO, Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import format_span_id, format_trace_id
 
 from . import semconv
-from .index import FailureIndex, open_index
-from .index.store import run_row
-from .record import filled_from_span, from_attributes, from_time_ns, prepare, run_from_attributes, to_attributes
+from .index import FailureIndex, default_location
 from .spans import may_carry_records
+from .writer import Queued, encode, receive, send, spawn
 
 _log = logging.getLogger(__name__)
 _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
@@ -50,17 +46,16 @@ _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
 # tracking a tuple once what it holds is untracked, so a queued record is never promoted toward
 # a full collection on the application's thread (each nesting level would delay that by a
 # collection). Queued Events, their attribute mappings and span contexts set off a 30-80 ms
-# full collection every ~10k failures; the plain SDK none in 100k.
-_Queued = tuple[Any, ...]
+# full collection every ~10k failures; the plain SDK none in 100k. Plain values also marshal.
 _HEAD = 6  # the span's part of a queued tuple; failures follow in threes
-# A batch between the writer's threads: when it was taken off the queue, its spans, its failures
-# (prepared attributes) and run rows, and the index's prepared batch (None: write one by one).
-_Prepared = tuple[float, int, list[Mapping[str, Any]], list[tuple[Any, ...]], Any]
+_run_keys = itemgetter(4)
 # The constructor waits this long for the writer to open the index, while the application is not
-# busy yet: each SQLite call gives the GIL up, and beside four busy threads opening a file took
-# 1.3 s (creating one 5.6 s); a storm that started at once then filled the queue before the
-# first write. An index that takes longer (locked by another process's migration) opens later.
+# busy yet; a storm that started at once filled the queue before the first write. An index that
+# takes longer (locked by another process's migration) opens later.
 _OPEN_WAIT = 0.5
+# Batches the writer process holds: one written, one prepared meanwhile, one waiting, one on its way.
+_FRAMES = 4
+_RESPAWN_AFTER = 1.0  # seconds a writer process ran at least before it is started again at once
 
 
 def _keys_values(event: Event) -> tuple[tuple[str, ...], tuple[Any, ...]]:
@@ -68,35 +63,6 @@ def _keys_values(event: Event) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     # The SDK's BoundedAttributes copies its dict at C speed; any other Mapping key by key.
     attributes = attributes.copy() if isinstance(attributes, BoundedAttributes) else dict(attributes or {})
     return tuple(attributes), tuple(attributes.values())
-
-
-_RUN_KEYS = (semconv.RUN_SESSION_ID, semconv.RUN_AGENT_ID, semconv.RUN_AGENT_VERSION, semconv.RUN_QUALITY,
-             semconv.RUN_FAILURES, semconv.RUN_OUTCOME)
-_TEXT = (str, type(None))
-_RUN_GETTERS: dict[tuple[str, ...], itemgetter[Any]] = {}  # by an event's keys (a few orders): _RUN_KEYS' values
-_NS_LIMIT = 1 << 63  # span times the SDK can make (2262-04-11); others go through the model, which clamps them
-
-
-def _run_row_of_event(keys: tuple[str, ...], values: tuple[Any, ...], start_ns: int, end_ns: int) -> tuple[Any, ...]:
-    """The runs row of a hive.run event: what run_from_attributes and run_row make of it.
-
-    Those build a pydantic model, twice the writer's other work per run (5 runs a failure);
-    attributes as record_run sets them (texts, an int count) need no validation, and any
-    other event goes through the model as before. The values are picked by their keys'
-    positions, without a dict per run: beside a busy application thread each bytecode of
-    the writer's is paid again waiting for the GIL.
-    """
-    getter = _RUN_GETTERS.get(keys)
-    if getter is None:
-        if len(_RUN_GETTERS) >= 64:  # events from elsewhere, in many orders: keep a few
-            _RUN_GETTERS.clear()
-        getter = _RUN_GETTERS[keys] = itemgetter(*(keys.index(k) if k in keys else -1 for k in _RUN_KEYS))
-    session_id, agent_id, version, quality, failures, outcome = getter((*values, None))  # -1: absent
-    if type(session_id) is str and type(failures) is int and type(agent_id) in _TEXT and type(version) in _TEXT \
-            and type(quality) in _TEXT and 0 <= start_ns < _NS_LIMIT and 0 <= end_ns < _NS_LIMIT:
-        return (session_id, agent_id or "", version, start_ns, end_ns,
-                int(outcome == "success"), quality, failures)
-    return run_row(run_from_attributes(dict(zip(keys, values)), from_time_ns(start_ns), from_time_ns(end_ns)))
 
 
 @dataclass(frozen=True)
@@ -110,63 +76,56 @@ class ProcessorStats:
     errors: int
 
 
-def _cause(exc: BaseException) -> str:
-    """``exc`` with the error it interrupted, if any: a failed ROLLBACK must not hide why it ran.
+@dataclass(eq=False)
+class _Process:
+    """One writer process, and the batches sent to it not yet reported written: (spans, records, sent at)."""
 
-    (SQLite rolls a transaction back by itself on a full disk; the index's ROLLBACK then fails
-    with "no transaction is active", raised while handling the real error.)
-    """
-    text = repr(exc)
-    context = exc.__context__
-    if context is not None and not exc.__suppress_context__ and exc.__cause__ is None:
-        text += f", raised while handling {context!r}"
-    elif exc.__cause__ is not None:
-        text += f", caused by {exc.__cause__!r}"
-    return text
+    popen: Any
+    started: float
+    frames: deque[tuple[int, int, float]] = field(default_factory=deque)
+    ended: bool = False  # its reports ended: what it had not written is counted
+    reader: threading.Thread | None = None
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        return self.popen.stdin
 
 
 class FailureIndexProcessor(SpanProcessor):
     """Writes every span carrying a ``hive.failure`` event (and every run outcome) to the index.
 
-    Its writer opens the index; the constructor waits for that up to half a second (about
-    10 ms for a local file), so that the opening is done before the application is busy.
+    ``index`` is where: a SQLite file or a ``postgresql://`` URL (default: HIVE_FAILURES_DB or
+    $HIVE_HOME/failures.db). Its writer process opens the index; the constructor waits for that
+    up to half a second (about 0.2 s for a local file), so that the opening is done before the
+    application is busy.
     """
 
-    def __init__(self, index: FailureIndex | str | os.PathLike[str] | None = None, *,
+    def __init__(self, index: str | os.PathLike[str] | None = None, *,
                  max_queue_size: int | None = None, max_batch_size: int = 2048,
                  schedule_delay_millis: int = 200) -> None:
+        if isinstance(index, FailureIndex):
+            raise TypeError("FailureIndexProcessor takes the index's location (a path or a postgresql:// URL), "
+                            "not an open FailureIndex: its writer process opens the index itself")
+        self._location = str(index) if index is not None else default_location()
         self._max_queue = max(1, max_queue_size or int(os.environ.get(semconv.ENV_QUEUE_SIZE, "10000")))
-        # 2048 spans (~400 failures and their runs) a transaction, not the SDK's 512: beside a busy
-        # application thread the writer waits a switch interval (5 ms) for the GIL after each one,
-        # and draining a backlog there it indexed 19% more with 2048 (writer_throughput.py, 3).
+        # 2048 spans (~400 failures and their runs) a transaction, not the SDK's 512: per-transaction
+        # costs, and per-batch hand-offs, are paid less often (writer_throughput.py, 3).
         self._max_batch = max(1, max_batch_size)
         self._min_batch = max(1, self._max_batch // 8)
-        self._batch_limit = self._min_batch  # records in the next transaction: see _learn
+        self._batch_limit = self._min_batch  # spans in the next batch: see _learn
         self._delay = max(0.001, schedule_delay_millis / 1000)
         # deque append/popleft are atomic under the GIL: no lock on the application's path.
-        self._queue: deque[_Queued] = deque()
-        self._index: FailureIndex | None = index if isinstance(index, FailureIndex) else None
-        self._owns_index = self._index is None
-        self._location = None if isinstance(index, FailureIndex) else index
-        self._cond = threading.Condition()  # writer -> force_flush: "a batch is done"
-        self._in_flight = 0  # records taken off the queue, not yet written (under _cond)
-        # Between the writer's threads: the first holds at most two prepared batches beside the one
-        # being written, one queued here and one it waits to queue.
-        self._prepared: queue.Queue[_Prepared | None] = queue.Queue(maxsize=1)
-        # Batches handed to the database thread, and written by it (each counted by one thread).
-        # Only a writer with a full batch still queued behind the one it took hands it over; one
-        # that keeps up writes it itself (once the database thread is idle, so batches stay in
-        # order): two threads of ours wanting the GIL beside the application's made its waits
-        # over 5 ms four times as many (reliability.py, 2; 109 against 19), with nothing to gain.
-        self._handed = self._done = 0
+        self._queue: deque[Queued] = deque()
+        self._cond = threading.Condition()  # reports -> force_flush and the sender: "a batch is done"
+        self._in_flight = 0  # spans taken off the queue, not yet written (under _cond)
+        self._process: _Process | None = None
         self._wake = threading.Event()
         self._opened = threading.Event()  # the writer tried to open the index (force_flush waits for it)
         self._stopping = threading.Event()
         self._written = self._runs_written = self._dropped = self._errors = 0
         self._warned: set[str] = set()
-        self._writer = threading.Thread(target=self._run, name="hive-failures-writer", daemon=True)
-        self._database = threading.Thread(target=self._write_prepared, name="hive-failures-writer-db", daemon=True)
-        self._writer.start()
+        self._sender = threading.Thread(target=self._run, name="hive-failures-sender", daemon=True)
+        self._sender.start()
         self._opened.wait(_OPEN_WAIT)
 
     # --- application thread: check and enqueue, nothing else ---------------------------------
@@ -219,67 +178,109 @@ class FailureIndexProcessor(SpanProcessor):
             self._warned.add(key)
             _log.warning(message, *args)
 
-    # --- writer threads ----------------------------------------------------------------------
+    # --- the sender: from the queue to the writer process ------------------------------------
     def _run(self) -> None:
-        """The writer's first thread: opens the index, takes batches off the queue, prepares them,
-        and writes them too unless it is behind (see _handed)."""
-        with suppress_instrumentation():
-            self._open()  # early, so readers find the index even before the first failure
-            self._database.start()
-            self._opened.set()
-            try:
-                while True:
-                    # Wake per batch or per delay, not per record: fewer GIL hand-offs with the app.
-                    self._wake.wait(self._delay)
-                    self._wake.clear()
-                    while self._queue:
-                        size = min(self._batch_limit, len(self._queue))
-                        with self._cond:  # before popping, so force_flush never sees zero early
-                            self._in_flight += size
-                        taken = time.monotonic()
-                        batch = [self._queue.popleft() for _ in range(size)]
-                        prepared = self._prepare(batch, size, taken)
-                        behind = len(self._queue) >= self._max_batch or self._handed != self._done  # see _handed
-                        if behind and self._hand_over(prepared):
-                            self._handed += 1
-                        else:  # not behind, or the database thread is gone: written here
-                            self._write_counted(prepared)
-                    if self._stopping.is_set() and not self._queue:
-                        break
-            finally:
-                self._hand_over(None)
-                self._database.join()
-        if self._owns_index and self._index is not None:
-            self._index.close()
-
-    def _hand_over(self, prepared: _Prepared | None) -> bool:
-        """Queue a batch for the database thread (waiting while one is queued); False if that thread is gone."""
-        while self._database.is_alive():
-            try:
-                self._prepared.put(prepared, timeout=self._delay)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _write_prepared(self) -> None:
-        """The writer's second thread: writes each prepared batch it is handed."""
-        with suppress_instrumentation():
-            while (prepared := self._prepared.get()) is not None:
-                self._write_counted(prepared)
-                self._done += 1
-
-    def _write_counted(self, prepared: _Prepared) -> None:
-        """Write a prepared batch, then count it."""
-        taken, size, failures, runs, batch = prepared
-        counts = 0, 0, len(failures) + len(runs)  # unless written: nothing is lost silently
+        """Takes batches off the queue and sends them to the writer process, a few at a time."""
         try:
-            counts = self._write(failures, runs, batch)
-            self._learn(size, time.monotonic() - taken)
-        except Exception as exc:  # noqa: BLE001 - the writer must outlive any batch
-            self._warn_once("write", "hive-failures: writing a batch failed: %s", _cause(exc))
+            self._live_process()  # early, so readers find the index even before the first failure
+            while True:
+                # Wake per batch or per delay, not per record: fewer GIL hand-offs with the app.
+                self._wake.wait(self._delay)
+                self._wake.clear()
+                while self._queue and self._send_batch():
+                    pass
+                if self._stopping.is_set() and not self._queue:
+                    break
         finally:
-            self._count_written(size, *counts)
+            if self._process is not None:
+                try:
+                    self._process.stdin.close()  # the writer writes what it has, then exits
+                except OSError:
+                    pass
+
+    def _live_process(self) -> _Process | None:
+        """The writer process, started (again) if need be; None while one that died young waits."""
+        process = self._process
+        if process is not None and not process.ended:
+            return process
+        if process is not None and time.monotonic() - process.started < _RESPAWN_AFTER:
+            return None
+        try:
+            popen = spawn()
+            send(popen.stdin, (self._location, self._delay))
+        except (OSError, ValueError) as exc:
+            self._warn_once("spawn", "hive-failures: cannot start the index writer process: %s", exc)
+            self._opened.set()
+            return None
+        self._process = process = _Process(popen, time.monotonic())
+        process.reader = threading.Thread(target=self._read_reports, args=(process,), name="hive-failures-reports",
+                                          daemon=True)
+        process.reader.start()
+        return process
+
+    def _send_batch(self) -> bool:
+        """Send one batch if the writer process has room for it; False if it has none (now)."""
+        process = self._live_process()
+        if process is None or len(process.frames) >= _FRAMES:
+            return False  # a report, or the next delay, wakes the sender
+        size = min(self._batch_limit, len(self._queue))
+        with self._cond:  # before popping, so force_flush never sees zero early
+            self._in_flight += size
+        batch = [self._queue.popleft() for _ in range(size)]
+        runs = size - list(map(_run_keys, batch)).count(None)
+        records = (sum(map(len, batch)) - _HEAD * size) // 3 + runs
+        try:
+            frame = encode(batch)
+        except ValueError as exc:  # an attribute value marshal does not take (events not made here)
+            self._warn_once("encode", "hive-failures: a batch's events cannot be sent to the writer: %s", exc)
+            self._count_written(size, 0, 0, records)
+            return True
+        with self._cond:
+            if process.ended:  # between the check and now: counted as the process's other batches were
+                self._count_written(size, 0, 0, records)
+                return True
+            process.frames.append((size, records, time.monotonic()))
+        try:
+            process.stdin.write(frame)
+            process.stdin.flush()
+        except (OSError, ValueError):
+            pass  # the process is gone: its reports end, and this batch is counted with its others
+        return True
+
+    # --- reports from the writer process ------------------------------------------------------
+    def _read_reports(self, process: _Process) -> None:
+        stdout = process.popen.stdout
+        try:
+            while (report := receive(stdout)) is not None:
+                kind = report[0]
+                if kind == "done":
+                    size, _, sent = process.frames.popleft()
+                    self._count_written(size, *report[1:])
+                    self._learn(size, time.monotonic() - sent)
+                    if self._queue:
+                        self._wake.set()
+                elif kind == "opened":
+                    self._opened.set()
+                elif kind == "warn":
+                    self._warn_once(report[1], "%s", report[2])
+                elif kind == "log":
+                    logging.getLogger(report[1]).log(report[2], "%s", report[3])
+        except Exception as exc:  # noqa: BLE001 - a garbled report: the process is of no further use
+            self._warn_once("reports", "hive-failures: unreadable report from the index writer: %r", exc)
+            process.popen.kill()
+        code = process.popen.wait()
+        stdout.close()
+        with self._cond:
+            process.ended = True
+            spans, lost = sum(f[0] for f in process.frames), sum(f[1] for f in process.frames)
+            process.frames.clear()
+        if spans:
+            self._count_written(spans, 0, 0, lost)
+        if lost or code:
+            self._warn_once("exited", "hive-failures: the index writer process exited (code %s); %d records "
+                                      "it had were not written (counted in stats().errors)", code, lost)
+        self._opened.set()
+        self._wake.set()
 
     def _count_written(self, size: int, written: int, runs_written: int, errors: int) -> None:
         """A batch of ``size`` spans is done: what was written, what could not be."""
@@ -300,82 +301,6 @@ class FailureIndexProcessor(SpanProcessor):
         fits = int(size * self._delay / seconds) if seconds > 0 else self._max_batch
         self._batch_limit = max(self._min_batch, min(self._max_batch, fits))
 
-    def _open(self) -> FailureIndex | None:
-        if self._index is None:
-            try:
-                self._index = open_index(self._location)
-            except Exception as exc:  # noqa: BLE001 - an unusable index must not break the app
-                self._warn_once("open", "hive-failures: cannot open the failure index: %s", exc)
-                return None
-        return self._index
-
-    def _prepare(self, batch: list[_Queued], size: int, taken: float) -> _Prepared:
-        """The batch's failures and run rows, and the index's prepared batch of them (None: one by one)."""
-        failures: list[Mapping[str, Any]] = []
-        runs: list[tuple[Any, ...]] = []
-        for queued in batch:
-            trace_id, span_id, start_time, end_time, run_keys, run_values = queued[:_HEAD]
-            for at in range(_HEAD, len(queued), 3):  # a malformed event loses neither the batch nor its span's others
-                timestamp, keys, values = queued[at:at + 3]
-                try:
-                    failures.append(self._wire(dict(zip(keys, values)), trace_id, span_id, timestamp))
-                except Exception as exc:  # noqa: BLE001
-                    self._error("malformed failure event", exc)
-            if run_keys is not None:
-                try:
-                    runs.append(_run_row_of_event(run_keys, run_values, start_time or 0, end_time or 0))
-                except Exception as exc:  # noqa: BLE001
-                    self._error("malformed run event", exc)
-        index, prepared = self._open(), None
-        if index is not None:
-            try:
-                prepared = index.prepare_batch(failures, runs)
-            except Exception as exc:  # noqa: BLE001 - find the bad entry, keep the others
-                self._warn_once("prepare", "hive-failures: could not prepare a batch, writing it one by one: %s",
-                                _cause(exc))
-        return taken, size, failures, runs, prepared
-
-    def _write(self, failures: list[Mapping[str, Any]], runs: list[tuple[Any, ...]],
-               batch: Any) -> tuple[int, int, int]:
-        """Failures and runs written, and records that could not be."""
-        index = self._index
-        if index is None:
-            return 0, 0, len(failures) + len(runs)
-        if batch is not None:
-            try:
-                index.write_batch(batch)
-                return len(failures), len(runs), 0
-            except Exception as exc:  # noqa: BLE001 - find the bad entry, keep the others
-                self._warn_once("batch", "hive-failures: batch write failed, retrying one by one: %s", _cause(exc))
-        written = sum(self._try_add(index, [f], []) for f in failures)  # outside the handler: errors as themselves
-        runs_written = sum(self._try_add(index, [], [r]) for r in runs)
-        return written, runs_written, 0
-
-    @staticmethod
-    def _wire(attributes: dict[str, Any], trace_id: int | None, span_id: int | None,
-              timestamp: int) -> Mapping[str, Any]:
-        """Prepared attributes for the index; events not made by record_failure are prepared here."""
-        if attributes.get(semconv.FAILURE_PREPARED) is True:
-            return attributes
-        record = filled_from_span(
-            from_attributes(attributes), trace_id=None if trace_id is None else format_trace_id(trace_id),
-            span_id=None if span_id is None else format_span_id(span_id),
-            time_ns=None if semconv.FAILURE_PREFIX + "timestamp" in attributes else timestamp)
-        return to_attributes(prepare(record))
-
-    def _try_add(self, index: FailureIndex, failures: list[Mapping[str, Any]], runs: list[tuple[Any, ...]]) -> int:
-        try:
-            index.add_prepared(failures, runs)
-            return 1
-        except Exception as exc:  # noqa: BLE001
-            self._error("record write failed", exc)
-            return 0
-
-    def _error(self, what: str, exc: Exception) -> None:
-        with self._cond:
-            self._errors += 1
-        self._warn_once(what, "hive-failures: %s: %s", what, _cause(exc))
-
     # --- lifecycle -------------------------------------------------------------------------
     def stats(self) -> ProcessorStats:
         with self._cond:
@@ -388,12 +313,12 @@ class FailureIndexProcessor(SpanProcessor):
         self._wake.set()
         # A flush also means "the index exists": a reader opening it afterwards finds its schema.
         while not self._opened.wait(min(self._delay, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline or not self._writer.is_alive():
+            if time.monotonic() >= deadline or not self._sender.is_alive():
                 return False
         with self._cond:
             while self._queue or self._in_flight:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._writer.is_alive() or not self._database.is_alive():
+                if remaining <= 0 or not self._sender.is_alive() and self._in_flight == 0:
                     return False
                 self._cond.wait(min(remaining, self._delay))
                 self._wake.set()
@@ -403,9 +328,13 @@ class FailureIndexProcessor(SpanProcessor):
         """Stop accepting, write what was accepted, close the index. Returns within the timeout."""
         if self._stopping.is_set():
             return
+        deadline = time.monotonic() + timeout_millis / 1000
         self._stopping.set()
         self._wake.set()
-        self._writer.join(timeout_millis / 1000)
-        if self._writer.is_alive():
-            self._warn_once("shutdown", "hive-failures: shutdown timed out with %d records unwritten",
-                            len(self._queue) + self._in_flight)
+        self._sender.join(timeout_millis / 1000)
+        process = self._process
+        if process is not None and process.reader is not None:  # its reports end when it exits
+            process.reader.join(max(0.0, deadline - time.monotonic()))
+        unwritten = self.stats().queued
+        if unwritten:
+            self._warn_once("shutdown", "hive-failures: shutdown timed out with %d records unwritten", unwritten)

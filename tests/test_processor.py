@@ -23,7 +23,9 @@ import hive_otel_failures as hof
 from hive_otel_failures import FailureIndexProcessor, semconv
 from hive_otel_failures.index.backend import RUN_COLUMNS
 from hive_otel_failures.index.store import run_row
-from hive_otel_failures.record import from_time_ns, run_from_attributes
+from hive_otel_failures.processor import _FRAMES
+from hive_otel_failures.record import from_time_ns, prepare, run_from_attributes, to_attributes
+from hive_otel_failures.writer import IndexWriter
 
 from .conftest import Pipeline
 
@@ -146,28 +148,39 @@ def test_trace_and_span_ids_come_from_the_span(pipeline: Pipeline) -> None:
     assert record.fingerprint and record.fingerprint.startswith("v1:")  # prepared on the writer side too
 
 
+def _writer_pid(p: Pipeline) -> int:
+    process = p.processor._process
+    assert process is not None, "no writer process"
+    return process.popen.pid
+
+
+def _sent_to_the_writer(p: Pipeline) -> None:
+    p.processor.force_flush(0)  # wakes the sender
+    deadline = time.monotonic() + 5
+    while p.processor._queue and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not p.processor._queue, "the sender did not send"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
 def test_full_queue_drops_counted_instead_of_blocking(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     p = Pipeline(db_path, max_queue_size=5)
-    gate = threading.Event()
-    original = p.processor._write  # hold the writer so the queue fills up
-
-    def held_write(*batch):
-        gate.wait(10)
-        return original(*batch)
-
-    p.processor._write = held_write  # type: ignore[method-assign]
-    with caplog.at_level(logging.WARNING, logger="hive_otel_failures.processor"):
-        t0 = time.monotonic()
-        for i in range(50):
-            with p.tracer.start_as_current_span("f"):
-                hof.record_failure(hof.FailureRecord(session_id=f"s{i}", error_message="x"))
-        elapsed = time.monotonic() - t0
-    stats = p.processor.stats()
-    # room for the queue (5), one batch (<= 5) held in the database and one prepared behind it
-    assert stats.dropped >= 50 - 5 - 5 - 5
+    writer = _writer_pid(p)
+    os.kill(writer, signal.SIGSTOP)  # the writer process holds what it has, so the queue fills up
+    try:
+        with caplog.at_level(logging.WARNING, logger="hive_otel_failures.processor"):
+            t0 = time.monotonic()
+            for i in range(50):
+                with p.tracer.start_as_current_span("f"):
+                    hof.record_failure(hof.FailureRecord(session_id=f"s{i}", error_message="x"))
+            elapsed = time.monotonic() - t0
+        stats = p.processor.stats()
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    # room for the queue (5), and the few batches (<= 5 each) the writer process may hold
+    assert stats.dropped >= 50 - 5 - _FRAMES * 5
     assert elapsed < 5, "on_end blocked on a full queue"
     assert sum("dropping failure records" in r.getMessage() for r in caplog.records) == 1  # logged once
-    gate.set()
     p.flush()
     accepted = 50 - stats.dropped
     assert p.processor.stats().written == accepted
@@ -176,10 +189,62 @@ def test_full_queue_drops_counted_instead_of_blocking(db_path: Path, caplog: pyt
         assert len(index.recent(limit=100)) == accepted
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_writer_process_that_dies_is_counted_and_started_again(db_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    p = Pipeline(db_path)
+    writer = _writer_pid(p)
+    os.kill(writer, signal.SIGSTOP)
+    for i in range(3):
+        with p.tracer.start_as_current_span("f"):
+            hof.record_failure(hof.FailureRecord(session_id=f"lost{i}", error_message="x"))
+    _sent_to_the_writer(p)
+    with caplog.at_level(logging.WARNING, logger="hive_otel_failures.processor"):
+        os.kill(writer, signal.SIGKILL)  # as the OOM killer would
+        deadline = time.monotonic() + 5
+        while p.processor.stats().errors < 3 and time.monotonic() < deadline:  # what it held: counted
+            time.sleep(0.01)
+        for i in range(2):
+            with p.tracer.start_as_current_span("f"):
+                hof.record_failure(hof.FailureRecord(session_id=f"kept{i}", error_message="x"))
+        p.flush()
+    stats = p.processor.stats()
+    assert (stats.written, stats.errors, stats.queued) == (2, 3, 0)
+    assert _writer_pid(p) != writer
+    assert sum("index writer process exited" in r.getMessage() and "3 records" in r.getMessage()
+               for r in caplog.records) == 1
+    p.provider.shutdown()
+    with hof.open_index(db_path) as index:
+        assert sorted(r.session_id for r in index.recent()) == ["kept0", "kept1"]
+
+
+def _queued(*records: hof.FailureRecord) -> list[tuple[object, ...]]:
+    """Spans as the processor queues them (see processor.py): no run, one failure event each."""
+    spans = []
+    for record in records:
+        attributes = to_attributes(prepare(record))
+        spans.append((None, None, 0, 0, None, None, 0, tuple(attributes), tuple(attributes.values())))
+    return spans
+
+
+class _Reports(list):
+    """What an IndexWriter reports, and a wait for the n-th batch done."""
+
+    def done(self, n: int) -> list[tuple[object, ...]]:
+        deadline = time.monotonic() + 10
+        while sum(r[0] == "done" for r in self) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return [r[1:] for r in self if r[0] == "done"]
+
+
 def test_the_next_batch_is_prepared_while_one_is_being_written(db_path: Path) -> None:
     """The writer's two threads: rows are built on one while the database writes on the other."""
-    p = Pipeline(db_path, max_batch_size=8)
-    index = p.processor._index
+    reports = _Reports()
+    writer = IndexWriter(str(db_path), delay=0.2, report=lambda *r: reports.append(r))
+    deadline = time.monotonic() + 10
+    while ("opened",) not in reports and time.monotonic() < deadline:
+        time.sleep(0.01)
+    index = writer._index
     assert index is not None
     gate, writing, prepared = threading.Event(), threading.Event(), []
     write_batch, prepare_batch = index.write_batch, index.prepare_batch
@@ -194,27 +259,26 @@ def test_the_next_batch_is_prepared_while_one_is_being_written(db_path: Path) ->
         return prepare_batch(failures, runs)
 
     index.write_batch, index.prepare_batch = held_write, counted_prepare  # type: ignore[method-assign]
-    for i in range(16):
-        with p.tracer.start_as_current_span("f"):
-            hof.record_failure(hof.FailureRecord(session_id=f"s{i}", error_message="x"))
-    p.processor.force_flush(0)  # wake the writer
+    for start in (0, 8, 16):
+        writer.take(_queued(*(hof.FailureRecord(session_id=f"s{i}", error_message="x")
+                              for i in range(start, start + 8))))
     assert writing.wait(5)
     deadline = time.monotonic() + 5
     while len(prepared) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(prepared) >= 2  # the next batch was prepared while the first was held in the database
-    assert p.processor.stats().written == 0 and p.processor.stats().queued == 16
+    assert reports.done(0) == []
     gate.set()
-    p.flush()
-    assert p.processor.stats().written == 16
-    p.provider.shutdown()
+    assert reports.done(3) == [(8, 0, 0)] * 3
+    writer.close(10)
     with hof.open_index(db_path) as reader:
-        assert len(reader.recent(limit=100)) == 16
+        assert len(reader.recent(limit=100)) == 24
 
 
 def test_a_batch_that_breaks_the_writer_is_counted_and_the_next_ones_are_written(db_path: Path) -> None:
-    p = Pipeline(db_path)
-    write, broken = p.processor._write, []
+    reports = _Reports()
+    writer = IndexWriter(str(db_path), delay=0.2, report=lambda *r: reports.append(r))
+    write, broken = writer._write, []
 
     def write_once_broken(*batch):
         if not broken:
@@ -222,18 +286,13 @@ def test_a_batch_that_breaks_the_writer_is_counted_and_the_next_ones_are_written
             raise RuntimeError("a bug in the writer")
         return write(*batch)
 
-    p.processor._write = write_once_broken  # type: ignore[method-assign]
-    for i in range(3):
-        with p.tracer.start_as_current_span("f"):
-            hof.record_failure(hof.FailureRecord(session_id=f"lost{i}", error_message="x"))
-    p.flush()
-    for i in range(2):
-        with p.tracer.start_as_current_span("f"):
-            hof.record_failure(hof.FailureRecord(session_id=f"kept{i}", error_message="x"))
-    p.flush()
-    stats = p.processor.stats()
-    assert (stats.written, stats.errors, stats.queued) == (2, 3, 0)
-    p.provider.shutdown()
+    writer._write = write_once_broken  # type: ignore[method-assign]
+    writer.take(_queued(*(hof.FailureRecord(session_id=f"lost{i}", error_message="x") for i in range(3))))
+    assert reports.done(1) == [(0, 0, 3)]
+    writer.take(_queued(*(hof.FailureRecord(session_id=f"kept{i}", error_message="x") for i in range(2))))
+    assert reports.done(2) == [(0, 0, 3), (2, 0, 0)]
+    assert sum(r[0] == "warn" and "a bug in the writer" in r[2] for r in reports) == 1
+    writer.close(10)
     with hof.open_index(db_path) as index:
         assert sorted(r.session_id for r in index.recent()) == ["kept0", "kept1"]
 
