@@ -2,13 +2,15 @@
 
 A child process runs ``hof.configure(db=...)`` and records failures (1-4 KB of input
 context each) on spans of a tracer at a steady rate, logging each record's id and the time
-its span ended. The parent kills it with SIGKILL after ``--seconds`` and counts, in the
-index, the records that ended more than the bound before the kill and are missing.
+its span ended. The parent kills it and its index writer process with SIGKILL after
+``--seconds`` (the application alone would lose nothing it handed over: its writer writes on)
+and counts, in the index, the records that ended more than the bound before the kill and are
+missing.
 
 The bound is the flush interval (200 ms) plus one batch, and a batch is bounded by the
-flush interval too: 400 ms. The child also logs every transaction of the writer
-(``write_batch``: start, end, records, the oldest record's id), so the run prints the
-longest transaction and the writer's lag (commit time minus the oldest record's end).
+flush interval too: 400 ms. The child also logs every transaction of the writer, so the run
+prints the longest transaction; a package whose writer ran in the application's process also
+logs each transaction's oldest record, for the writer's lag (commit time minus that record's end).
 
     python benchmarks/kill_loss.py [--rates 2000,5000,7000] [--seconds 4] [--repeats 2] [--before REV]
                                    [--tree LABEL=DIR ...]
@@ -106,12 +108,22 @@ def child(db: str, emit_log: str, writer_log: str, rate: float, seconds: float) 
             time.sleep(0.05)
 
     threading.Thread(target=monitor, daemon=True).start()
+    writer = getattr(processor, "_process", None)
+    if writer is not None:  # a writer process of its own: its transactions as the processor hears of them
+        learn = processor._learn
+
+        def learned(size: int, seconds: float) -> None:
+            now = time.monotonic()
+            log(now - seconds, now, [-1] * size)  # one failure a span; which ones is not reported: no lag
+            learn(size, seconds)
+
+        processor._learn = learned  # type: ignore[method-assign]
     tracer = handle.tracer_provider.get_tracer("kill-loss")
     rng = random.Random(1)
     graphs = [{"id": f"agent-{a}", "nodes": [f"n{k}" for k in range(12)], "edges": [[k, k + 1] for k in range(11)]}
               for a in range(10)]
     fd = os.open(emit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    print("ready", flush=True)
+    print("ready", writer.popen.pid if writer is not None else 0, flush=True)
     t0 = time.monotonic()
     i = 0
     while True:
@@ -159,8 +171,12 @@ def run_once(side: str, pythonpath: Path, rate: float, seconds: float, tmp: Path
         env.pop(var, None)
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(db), str(emit_log), str(writer_log),
                              str(rate), str(seconds)], env=env, stdout=subprocess.PIPE, cwd=tmp)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    assert proc.stdout is not None
+    ready, writer = proc.stdout.readline().split()
+    assert ready == b"ready"
     time.sleep(seconds)
+    if int(writer):  # the application and its writer process die together, as in a crash of the machine
+        os.kill(int(writer), signal.SIGKILL)
     os.kill(proc.pid, signal.SIGKILL)
     kill_at = time.monotonic()
     proc.wait()

@@ -156,12 +156,24 @@ def raw_executemany(db: Path, rows: dict[str, list[tuple]], n: int, batch: int) 
     return elapsed
 
 
-def writer_cpu() -> Callable[[], float]:
-    """The CPU seconds so far of the processor's writer, its two threads (Linux; one processor alive here)."""
-    writers = [t for t in threading.enumerate() if t.name.startswith("hive-failures-writer")]
-    assert len(writers) == 2 and all(t.ident is not None for t in writers), writers
-    clocks = [time.pthread_getcpuclockid(t.ident) for t in writers]  # type: ignore[arg-type]
-    return lambda: sum(time.clock_gettime(clock) for clock in clocks)
+def writer_cpu(processor: hof.FailureIndexProcessor) -> Callable[[], float]:
+    """The CPU seconds so far of the processor's writer: its sender thread here and its writer process (Linux)."""
+    (sender,) = [t for t in threading.enumerate() if t.name == "hive-failures-sender" and t.is_alive()]
+    clock = time.pthread_getcpuclockid(sender.ident)  # type: ignore[arg-type]
+    process = processor._process
+    assert process is not None, "no writer process"
+    tasks = Path(f"/proc/{process.popen.pid}/task")
+
+    def seconds() -> float:
+        spent = 0
+        for task in tasks.iterdir():  # each thread's time on a CPU, in ns (schedstat's first field)
+            try:
+                spent += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # a thread that ended
+        return time.clock_gettime(clock) + spent / 1e9
+
+    return seconds
 
 
 def _ours_once(records: list[hof.FailureRecord], db: Path,
@@ -179,7 +191,7 @@ def _ours_once(records: list[hof.FailureRecord], db: Path,
     provider, processor = make_pipeline(True, db)
     assert processor is not None
     processor.force_flush()
-    writer_clock = writer_cpu()
+    writer_clock = writer_cpu(processor)
     tracer = provider.get_tracer("bench")
     spans = []
     for record in records:

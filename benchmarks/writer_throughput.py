@@ -192,7 +192,7 @@ def processor_drain(data: list[tuple[list[dict[str, Any]], list[hof.RunOutcome]]
     provider, processor = _processor(db, queue=sum(len(f) + len(r) for f, r in data))
     queue_while_the_writer_waits(processor, _as_spans(data))
     gc.collect()
-    clock = writer_cpu()
+    clock = writer_cpu(processor)
     t0, c0 = time.perf_counter(), clock()
     processor.force_flush(600_000)
     elapsed, cpu = time.perf_counter() - t0, clock() - c0
@@ -233,7 +233,7 @@ def growth(n: int, tmp: Path, step: int = 100_000, chunk: int = 20) -> None:
     print(f"2. growth to {n:,} failures through the processor's writer: per {step:,}")
     print("   failures | failures/s in the step (per writer CPU-s) | bytes/failure | written/failure | RSS MB")
     provider, processor = _processor(db, queue=chunk * BATCH * 8)
-    clock = writer_cpu()
+    clock = writer_cpu(processor)
     done, spent, cpu, mark, written = 0, 0.0, 0.0, step, _written_bytes()
     stream = batches(n, seed=5)
     while data := list(itertools.islice(stream, chunk)):
@@ -324,7 +324,7 @@ def drain(pool: list[tuple[hof.FailureRecord, hof.RunOutcome]], tmp: Path, failu
         queue_while_the_writer_waits(processor, spans)
         stop = threading.Event()
         app = threading.Thread(target=lambda: [emitter.one() for _ in iter(stop.is_set, True)], daemon=True)
-        clock = writer_cpu()
+        clock = writer_cpu(processor)
         t0, c0 = time.perf_counter(), clock()
         if busy:
             app.start()

@@ -27,6 +27,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from operator import itemgetter
@@ -42,9 +43,9 @@ from .record import filled_from_span, from_attributes, from_time_ns, prepare, ru
 #    timestamp, attribute keys, attribute values)
 Queued = tuple[Any, ...]
 _HEAD = 6  # the span's part of a queued tuple; failures follow in threes
-# A batch between the writer's threads: its failures (prepared attributes) and run rows, the
-# index's prepared batch (None: write one by one), and how many of its events were malformed.
-_Prepared = tuple[list[Mapping[str, Any]], list[tuple[Any, ...]], Any, int]
+# A batch between the writer's threads: when it was taken, its failures (prepared attributes) and
+# run rows, the index's prepared batch (None: write one by one), how many events were malformed.
+_Prepared = tuple[float, list[Mapping[str, Any]], list[tuple[Any, ...]], Any, int]
 Report = Callable[..., None]
 
 _FRAME = struct.Struct("<Q")
@@ -64,7 +65,10 @@ def encode(message: Any) -> bytes:
 
 
 def send(stream: IO[bytes], message: Any) -> None:
-    stream.write(encode(message))
+    """Write one frame whole (an unbuffered stream may take part of it at a time)."""
+    data = memoryview(encode(message))
+    while data:
+        data = data[stream.write(data) or 0:]
     stream.flush()
 
 
@@ -151,7 +155,8 @@ class IndexWriter:
     (another batch waits behind the one it took), the second writes the previous batch
     meanwhile (SQLite, which gives the GIL up). One that keeps up writes each batch itself.
     ``report`` is told what happened, batches in the order taken: ``("opened",)``, ``("done",
-    failures written, runs written, records that could not be)``, ``("warn", key, message)``.
+    failures written, runs written, records that could not be, seconds from taken to written)``,
+    ``("warn", key, message)``.
     """
 
     def __init__(self, location: str, *, delay: float, report: Report) -> None:
@@ -194,7 +199,7 @@ class IndexWriter:
                 self._wake.wait(self._delay)
                 self._wake.clear()
                 while self._batches:
-                    prepared = self._prepare(self._batches.popleft())
+                    prepared = self._prepare(self._batches.popleft(), time.monotonic())
                     behind = bool(self._batches) or self._handed != self._done  # else: written here, in order
                     if behind and self._hand_over(prepared):
                         self._handed += 1
@@ -224,7 +229,7 @@ class IndexWriter:
             self._done += 1
 
     def _write_counted(self, prepared: _Prepared) -> None:
-        failures, runs, batch, malformed = prepared
+        taken, failures, runs, batch, malformed = prepared
         counts = 0, 0, len(failures) + len(runs)  # unless written: nothing is lost silently
         try:
             counts = self._write(failures, runs, batch)
@@ -232,7 +237,7 @@ class IndexWriter:
             self._warn_once("write", f"hive-failures: writing a batch failed: {cause(exc)}")
         finally:
             written, runs_written, errors = counts
-            self._report("done", written, runs_written, errors + malformed)
+            self._report("done", written, runs_written, errors + malformed, time.monotonic() - taken)
 
     def _open(self) -> FailureIndex | None:
         if self._index is None:
@@ -243,7 +248,7 @@ class IndexWriter:
                 return None
         return self._index
 
-    def _prepare(self, batch: list[Queued]) -> _Prepared:
+    def _prepare(self, batch: list[Queued], taken: float) -> _Prepared:
         """The batch's failures and run rows, the index's prepared batch of them (None: one by one),
         and how many events were malformed."""
         failures: list[Mapping[str, Any]] = []
@@ -271,7 +276,7 @@ class IndexWriter:
             except Exception as exc:  # noqa: BLE001 - find the bad entry, keep the others
                 self._warn_once("prepare", "hive-failures: could not prepare a batch, writing it one by one: "
                                            + cause(exc))
-        return failures, runs, prepared, malformed
+        return taken, failures, runs, prepared, malformed
 
     def _write(self, failures: list[Mapping[str, Any]], runs: list[tuple[Any, ...]],
                batch: Any) -> tuple[int, int, int]:
@@ -329,13 +334,18 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "SIGXFSZ"):  # past a file size limit: an error to count and log (EFBIG), not death
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    reports = os.fdopen(os.dup(1), "wb")
+    reports = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # whatever else prints goes to stderr, not into the reports
     lock = threading.Lock()
+    listened = [True]
 
     def report(*message: Any) -> None:
         with lock:
-            send(reports, message)
+            if listened[0]:
+                try:
+                    send(reports, message)
+                except OSError:  # the application is gone: what it handed over is still written
+                    listened[0] = False
 
     logging.getLogger().addHandler(_Forward(report))
     stdin = sys.stdin.buffer
