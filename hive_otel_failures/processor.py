@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -33,7 +34,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from . import semconv
 from .index import FailureIndex, default_location
 from .spans import may_carry_records
-from .writer import Queued, encode, receive, send, spawn
+from .writer import Queued, encode, receive, send, spawn, write_all
 
 _log = logging.getLogger(__name__)
 _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
@@ -78,11 +79,11 @@ class ProcessorStats:
 
 @dataclass(eq=False)
 class _Process:
-    """One writer process, and the batches sent to it not yet reported written: (spans, records, sent at)."""
+    """One writer process, and the batches sent to it not yet reported written: (spans, records)."""
 
     popen: Any
     started: float
-    frames: deque[tuple[int, int, float]] = field(default_factory=deque)
+    frames: deque[tuple[int, int]] = field(default_factory=deque)
     ended: bool = False  # its reports ended: what it had not written is counted
     reader: threading.Thread | None = None
 
@@ -126,7 +127,30 @@ class FailureIndexProcessor(SpanProcessor):
         self._warned: set[str] = set()
         self._sender = threading.Thread(target=self._run, name="hive-failures-sender", daemon=True)
         self._sender.start()
+        if hasattr(os, "register_at_fork"):
+            after_fork = weakref.WeakMethod(self._after_fork)
+            os.register_at_fork(after_in_child=lambda: (method := after_fork()) and method())
         self._opened.wait(_OPEN_WAIT)
+
+    def _after_fork(self) -> None:
+        """A process forked from this one records on its own: a queue, sender and writer of its own.
+
+        Its copies of the pipes to our writer are closed: held open, they would keep that writer
+        waiting for more after this process is done.
+        """
+        process = self._process
+        if process is not None:
+            for stream in (process.popen.stdin, process.popen.stdout):
+                stream.close()
+        self._process = None
+        self._queue = deque()
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._wake, self._opened = threading.Event(), threading.Event()
+        self._written = self._runs_written = self._dropped = self._errors = 0
+        if not self._stopping.is_set():
+            self._sender = threading.Thread(target=self._run, name="hive-failures-sender", daemon=True)
+            self._sender.start()
 
     # --- application thread: check and enqueue, nothing else ---------------------------------
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -239,10 +263,9 @@ class FailureIndexProcessor(SpanProcessor):
             if process.ended:  # between the check and now: counted as the process's other batches were
                 self._count_written(size, 0, 0, records)
                 return True
-            process.frames.append((size, records, time.monotonic()))
+            process.frames.append((size, records))
         try:
-            process.stdin.write(frame)
-            process.stdin.flush()
+            write_all(process.stdin, frame)
         except (OSError, ValueError):
             pass  # the process is gone: its reports end, and this batch is counted with its others
         return True
@@ -254,9 +277,9 @@ class FailureIndexProcessor(SpanProcessor):
             while (report := receive(stdout)) is not None:
                 kind = report[0]
                 if kind == "done":
-                    size, _, sent = process.frames.popleft()
-                    self._count_written(size, *report[1:])
-                    self._learn(size, time.monotonic() - sent)
+                    size, _ = process.frames.popleft()
+                    self._count_written(size, *report[1:4])
+                    self._learn(size, report[4])
                     if self._queue:
                         self._wake.set()
                 elif kind == "opened":

@@ -64,24 +64,38 @@ def encode(message: Any) -> bytes:
     return _FRAME.pack(len(payload)) + payload
 
 
-def send(stream: IO[bytes], message: Any) -> None:
-    """Write one frame whole (an unbuffered stream may take part of it at a time)."""
-    data = memoryview(encode(message))
+def write_all(stream: IO[bytes], frame: bytes) -> None:
+    """Write a frame whole (an unbuffered stream may take part of it at a time)."""
+    data = memoryview(frame)
     while data:
         data = data[stream.write(data) or 0:]
-    stream.flush()
+
+
+def send(stream: IO[bytes], message: Any) -> None:
+    write_all(stream, encode(message))
+
+
+def _read(stream: IO[bytes], size: int) -> bytes | None:
+    """``size`` bytes, or None at the end of the stream (an unbuffered stream may give part at a time)."""
+    data = stream.read(size) or b""
+    if len(data) < size:
+        parts = [data]
+        while size > (got := sum(map(len, parts))):
+            part = stream.read(size - got)
+            if not part:
+                return None
+            parts.append(part)
+        data = b"".join(parts)
+    return data
 
 
 def receive(stream: IO[bytes]) -> Any:
     """The next frame's message, or None at the end of the stream."""
-    header = stream.read(_FRAME.size)
-    if len(header) < _FRAME.size:
+    header = _read(stream, _FRAME.size)
+    if header is None:
         return None
-    (length,) = _FRAME.unpack(header)
-    payload = stream.read(length)
-    if len(payload) < length:
-        return None
-    return marshal.loads(payload)
+    payload = _read(stream, _FRAME.unpack(header)[0])
+    return None if payload is None else marshal.loads(payload)
 
 
 def batch_of(message: list[bytes]) -> list[Queued]:
@@ -100,8 +114,10 @@ def spawn() -> subprocess.Popen[bytes]:
     """
     code = ("import sys; sys.path[:0] = %r; from hive_otel_failures.writer import main; main()"
             % [p for p in sys.path if p])
+    # Unbuffered pipes: a process forked from the application closes its copies without flushing
+    # half a frame into them.
     return subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            start_new_session=os.name == "posix", close_fds=True)
+                            bufsize=0, start_new_session=os.name == "posix", close_fds=True)
 
 
 # --- the writer -------------------------------------------------------------------------------
@@ -348,7 +364,7 @@ def main() -> None:
                     listened[0] = False
 
     logging.getLogger().addHandler(_Forward(report))
-    stdin = sys.stdin.buffer
+    stdin = sys.stdin.buffer.raw
     location, delay = receive(stdin)
     writer = IndexWriter(location, delay=delay, report=report)
     while (message := receive(stdin)) is not None:

@@ -218,6 +218,42 @@ def test_a_writer_process_that_dies_is_counted_and_started_again(db_path: Path,
         assert sorted(r.session_id for r in index.recent()) == ["kept0", "kept1"]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_process_records_on_its_own_and_does_not_hold_the_parents_writer(db_path: Path) -> None:
+    p = Pipeline(db_path)
+    parent_writer = p.processor._process
+    assert parent_writer is not None
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the forked process: records through its own writer, then lingers
+        code = 1
+        try:
+            with p.tracer.start_as_current_span("f"):
+                hof.record_failure(hof.FailureRecord(session_id="from-the-fork", error_message="x"))
+            code = 0 if p.processor.force_flush(10_000) and p.processor.stats().written == 1 else 1
+        finally:
+            os.write(write_end, bytes([code]))
+            time.sleep(10)
+            os._exit(code)
+    try:
+        assert os.read(read_end, 1) == b"\0", "the forked process did not index its failure"
+        with p.tracer.start_as_current_span("f"):
+            hof.record_failure(hof.FailureRecord(session_id="from-the-parent", error_message="x"))
+        p.flush()
+        assert p.processor.stats().written == 1
+        t0 = time.monotonic()
+        p.provider.shutdown()
+        assert parent_writer.popen.wait(5) == 0  # the lingering fork does not keep it waiting
+        assert time.monotonic() - t0 < 5
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(read_end)
+        os.close(write_end)
+    with hof.open_index(db_path) as index:
+        assert sorted(r.session_id for r in index.recent()) == ["from-the-fork", "from-the-parent"]
+
+
 def _queued(*records: hof.FailureRecord) -> list[tuple[object, ...]]:
     """Spans as the processor queues them (see processor.py): no run, one failure event each."""
     spans = []
