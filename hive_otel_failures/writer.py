@@ -48,7 +48,9 @@ _HEAD = 6  # the span's part of a queued tuple; failures follow in threes
 _Prepared = tuple[float, list[Mapping[str, Any]], list[tuple[Any, ...]], Any, int]
 Report = Callable[..., None]
 
-_FRAME = struct.Struct("<Q")
+_FRAME = struct.Struct("<QB")  # the length of the payload, and its kind:
+_MESSAGE, _BATCH = 0, 1  # one marshalled value; a batch's spans, in chunks that follow their lengths
+_CHUNK_LENGTH = struct.Struct("<I")
 # A batch is marshalled this many spans at a time: marshal holds the GIL for a call, ~0.3 ms
 # for 128 realistic failure spans, and the application's thread gets the GIL between calls.
 _CHUNK = 128
@@ -56,12 +58,27 @@ _CHUNK = 128
 
 # --- frames ------------------------------------------------------------------------------------
 def encode(message: Any) -> bytes:
-    """One frame: a length, then ``message`` marshalled (a batch's spans a chunk at a time)."""
-    if isinstance(message, list):
-        payload = marshal.dumps([marshal.dumps(message[i:i + _CHUNK]) for i in range(0, len(message), _CHUNK)])
-    else:
+    """One frame: a list is a batch of queued spans (a list again on the other side), anything else a message."""
+    if not isinstance(message, list):
         payload = marshal.dumps(message)
-    return _FRAME.pack(len(payload)) + payload
+        return _FRAME.pack(len(payload), _MESSAGE) + payload
+    parts = [b""]
+    for at in range(0, len(message), _CHUNK):
+        chunk = marshal.dumps(message[at:at + _CHUNK])
+        parts += (_CHUNK_LENGTH.pack(len(chunk)), chunk)
+    parts[0] = _FRAME.pack(sum(map(len, parts)), _BATCH)
+    return b"".join(parts)
+
+
+def _spans(payload: bytes) -> list[Queued]:
+    spans: list[Queued] = []
+    view, at = memoryview(payload), 0
+    while at < len(view):
+        (length,) = _CHUNK_LENGTH.unpack_from(view, at)
+        at += _CHUNK_LENGTH.size
+        spans += marshal.loads(view[at:at + length])
+        at += length
+    return spans
 
 
 def write_all(stream: IO[bytes], frame: bytes) -> None:
@@ -94,16 +111,11 @@ def receive(stream: IO[bytes]) -> Any:
     header = _read(stream, _FRAME.size)
     if header is None:
         return None
-    payload = _read(stream, _FRAME.unpack(header)[0])
-    return None if payload is None else marshal.loads(payload)
-
-
-def batch_of(message: list[bytes]) -> list[Queued]:
-    """A batch's spans from its frame's chunks."""
-    spans: list[Queued] = []
-    for chunk in message:
-        spans += marshal.loads(chunk)
-    return spans
+    length, kind = _FRAME.unpack(header)
+    payload = _read(stream, length)
+    if payload is None:
+        return None
+    return _spans(payload) if kind == _BATCH else marshal.loads(payload)
 
 
 def spawn() -> subprocess.Popen[bytes]:
@@ -367,7 +379,7 @@ def main() -> None:
     stdin = sys.stdin.buffer.raw
     location, delay = receive(stdin)
     writer = IndexWriter(location, delay=delay, report=report)
-    while (message := receive(stdin)) is not None:
-        writer.take(batch_of(message))
+    while (batch := receive(stdin)) is not None:
+        writer.take(batch)
     writer.close()
 
