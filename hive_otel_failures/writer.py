@@ -127,8 +127,8 @@ _PIPE_BYTES = 1 << 20
 def spawn() -> subprocess.Popen[bytes]:
     """Start a writer process with this interpreter, isolated from the environment's Python settings.
 
-    ``-I``: no PYTHONPATH, so no sitecustomize of ``opentelemetry-instrument`` that would
-    instrument (and start a writer from) the writer; the parent's import path is given instead.
+    ``-I``: no PYTHONPATH (and no sitecustomize found through it, which could set up tracing in
+    the writer), no user site; the parent's import path is given instead.
     """
     code = ("import sys; sys.path[:0] = %r; from hive_otel_failures.writer import main; main()"
             % [p for p in sys.path if p])

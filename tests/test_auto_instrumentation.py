@@ -27,6 +27,15 @@ PROGRAM = textwrap.dedent("""
         asyncio.run(hs.run_graph(work, session, graph, registry))
     graph, registry = hs.ok_graph()
     asyncio.run(hs.run_graph(work, "session_ok", graph, registry))
+
+    def descendants(pid):
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+        return children + [d for c in children for d in descendants(c)]
+
+    if Path("/proc/self/task").exists():
+        import os
+        print("descendants", len(descendants(os.getpid())))
 """)
 
 IN_CODE = textwrap.dedent("""
@@ -55,8 +64,10 @@ def index_counts(tmp_path: Path) -> tuple[int, int]:
 
 
 def test_opentelemetry_instrument_fills_the_index_with_no_code_change(tmp_path: Path) -> None:
-    run_program(tmp_path, [str(OTEL_INSTRUMENT), sys.executable], PROGRAM)
+    proc = run_program(tmp_path, [str(OTEL_INSTRUMENT), sys.executable], PROGRAM)
     assert index_counts(tmp_path) == (2, 3)
+    if sys.platform.startswith("linux"):  # one writer process, which starts none of its own
+        assert "descendants 1" in proc.stdout.splitlines(), proc.stdout
     with hof.open_index(tmp_path / "f.db") as index:
         (pattern,) = index.patterns()
     assert (pattern.count, pattern.sessions, pattern.node_id) == (2, 2, "fail_node")
