@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from . import semconv
 from .index import FailureIndex, default_location
 from .spans import may_carry_records
-from .writer import Queued, encode, receive, send, spawn, write_all
+from .writer import QUEUED_HEAD, Queued, encode, receive, send, spawn, write_all
 
 _log = logging.getLogger(__name__)
 _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
@@ -48,7 +48,6 @@ _FAILURE_EVENT, _RUN_EVENT = semconv.FAILURE_EVENT, semconv.RUN_EVENT
 # a full collection on the application's thread (each nesting level would delay that by a
 # collection). Queued Events, their attribute mappings and span contexts set off a 30-80 ms
 # full collection every ~10k failures; the plain SDK none in 100k. Plain values also marshal.
-_HEAD = 6  # the span's part of a queued tuple; failures follow in threes
 _run_keys = itemgetter(4)
 # The constructor waits this long for the writer to open the index, while the application is not
 # busy yet; a storm that started at once filled the queue before the first write. An index that
@@ -252,7 +251,7 @@ class FailureIndexProcessor(SpanProcessor):
             self._in_flight += size
         batch = [self._queue.popleft() for _ in range(size)]
         runs = size - list(map(_run_keys, batch)).count(None)
-        records = (sum(map(len, batch)) - _HEAD * size) // 3 + runs
+        records = (sum(map(len, batch)) - QUEUED_HEAD * size) // 3 + runs
         try:
             frame = encode(batch)
         except ValueError as exc:  # an attribute value marshal does not take (events not made here)

@@ -47,7 +47,7 @@ from .record import filled_from_span, from_attributes, from_time_ns, prepare, ru
 #   (trace_id, span_id, start_time, end_time, run keys, run values, then per failure event:
 #    timestamp, attribute keys, attribute values)
 Queued = tuple[Any, ...]
-_HEAD = 6  # the span's part of a queued tuple; failures follow in threes
+QUEUED_HEAD = 6  # the span's part of a queued tuple; failures follow in threes
 # A batch between the writer's threads: when it was taken, its failures (prepared attributes) and
 # run rows, the index's prepared batch (None: write one by one), how many events were malformed.
 _Prepared = tuple[float, list[Mapping[str, Any]], list[tuple[Any, ...]], Any, int]
@@ -298,8 +298,8 @@ class IndexWriter:
         runs: list[tuple[Any, ...]] = []
         malformed = 0
         for queued in batch:
-            trace_id, span_id, start_time, end_time, run_keys, run_values = queued[:_HEAD]
-            for at in range(_HEAD, len(queued), 3):  # a malformed event loses neither the batch nor its span's others
+            trace_id, span_id, start_time, end_time, run_keys, run_values = queued[:QUEUED_HEAD]
+            for at in range(QUEUED_HEAD, len(queued), 3):  # a malformed event loses neither batch nor span
                 timestamp, keys, values = queued[at:at + 3]
                 try:
                     failures.append(_wire(dict(zip(keys, values)), trace_id, span_id, timestamp))
