@@ -135,7 +135,8 @@ class FailureIndexProcessor(SpanProcessor):
         """A process forked from this one records on its own: a queue, sender and writer of its own.
 
         Its copies of the pipes to our writer are closed: held open, they would keep that writer
-        waiting for more after this process is done.
+        waiting for more after this process is done. Its writer starts with its first batch (the
+        index is open already): a pool's worker that records no failure costs no process.
         """
         process = self._process
         if process is not None:
@@ -145,10 +146,13 @@ class FailureIndexProcessor(SpanProcessor):
         self._queue = deque()
         self._cond = threading.Condition()
         self._in_flight = 0
+        opened = self._opened.is_set()
         self._wake, self._opened = threading.Event(), threading.Event()
+        if opened:
+            self._opened.set()
         self._written = self._runs_written = self._dropped = self._errors = 0
         if not self._stopping.is_set():
-            self._sender = threading.Thread(target=self._run, name="hive-failures-sender", daemon=True)
+            self._sender = threading.Thread(target=self._run, args=(False,), name="hive-failures-sender", daemon=True)
             self._sender.start()
 
     # --- application thread: check and enqueue, nothing else ---------------------------------
@@ -202,10 +206,11 @@ class FailureIndexProcessor(SpanProcessor):
             _log.warning(message, *args)
 
     # --- the sender: from the queue to the writer process ------------------------------------
-    def _run(self) -> None:
+    def _run(self, early: bool = True) -> None:
         """Takes batches off the queue and sends them to the writer process, a few at a time."""
         try:
-            self._live_process()  # early, so readers find the index even before the first failure
+            if early:  # so that readers find the index even before the first failure
+                self._live_process()
             while True:
                 # Wake per batch or per delay, not per record: fewer GIL hand-offs with the app.
                 self._wake.wait(self._delay)

@@ -228,6 +228,8 @@ def test_a_forked_process_records_on_its_own_and_does_not_hold_the_parents_write
     if child == 0:  # the forked process: records through its own writer, then lingers
         code = 1
         try:
+            time.sleep(0.3)
+            assert p.processor._process is None  # none until there is something to write
             with p.tracer.start_as_current_span("f"):
                 hof.record_failure(hof.FailureRecord(session_id="from-the-fork", error_message="x"))
             code = 0 if p.processor.force_flush(10_000) and p.processor.stats().written == 1 else 1
