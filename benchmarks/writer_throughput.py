@@ -213,9 +213,11 @@ def _blob_table(db: Path) -> str:
 
 
 # --- 2. growth --------------------------------------------------------------------------------------
-def _written_bytes() -> int:
-    """Bytes this process has handed to write() so far: the WAL's pages and the checkpoints' copies."""
-    with open("/proc/self/io") as io_counters:
+def _written_bytes(processor: hof.FailureIndexProcessor) -> int:
+    """Bytes the writer process has handed to write() so far: the WAL's pages and the checkpoints' copies."""
+    process = processor._process
+    assert process is not None, "no writer process"
+    with open(f"/proc/{process.popen.pid}/io") as io_counters:
         return next(int(line.split()[1]) for line in io_counters if line.startswith("wchar:"))
 
 
@@ -231,10 +233,11 @@ def growth(n: int, tmp: Path, step: int = 100_000, chunk: int = 20) -> None:
     """
     db = tmp / "growth.db"
     print(f"2. growth to {n:,} failures through the processor's writer: per {step:,}")
-    print("   failures | failures/s in the step (per writer CPU-s) | bytes/failure | written/failure | RSS MB")
+    print("   failures | failures/s in the step (per writer CPU-s) | bytes/failure | written/failure | "
+          "RSS MB here (writer process)")
     provider, processor = _processor(db, queue=chunk * BATCH * 8)
     clock = writer_cpu(processor)
-    done, spent, cpu, mark, written = 0, 0.0, 0.0, step, _written_bytes()
+    done, spent, cpu, mark, written = 0, 0.0, 0.0, step, _written_bytes(processor)
     stream = batches(n, seed=5)
     while data := list(itertools.islice(stream, chunk)):
         queue_while_the_writer_waits(processor, _as_spans(data))
@@ -246,10 +249,10 @@ def growth(n: int, tmp: Path, step: int = 100_000, chunk: int = 20) -> None:
         done += sum(len(failures) for failures, _ in data)
         if done >= mark or len(data) < chunk:
             gc.collect()
-            in_step, now_written = done - mark + step, _written_bytes()
+            in_step, now_written = done - mark + step, _written_bytes(processor)
             print(f"   {done:>8,} | {in_step / spent:>22,.0f} ({in_step / cpu:>7,.0f}) | "
                   f"{_db_bytes(db) / done:>13,.0f} | {(now_written - written) / in_step:>15,.0f} | "
-                  f"{rss_mb():>6,.0f}", flush=True)
+                  f"{rss_mb():>6,.0f} ({rss_mb(processor._process.popen.pid):,.0f})", flush=True)
             spent, cpu, mark, written = 0.0, 0.0, mark + step, now_written
     stats = processor.stats()
     assert stats.dropped == stats.errors == 0 and stats.written == done, stats
