@@ -30,7 +30,7 @@ import importlib
 import inspect
 import logging
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, ItemsView, Iterator, Mapping
 from datetime import datetime, timezone
 from time import monotonic, time_ns
 from typing import Any
@@ -135,7 +135,7 @@ class _guard:  # noqa: N801 - used like a function: ``with _guard("what"):``
 _Restore = tuple[Any, Any, Any, Any]  # what _activate changed: context token, unit token, log context and token
 
 
-def _activate(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None, unit: UnitScope | None,
+def _activate(tracer: trace.Tracer, name: str, attributes: Mapping[str, Any] | None, unit: UnitScope | None,
               log_context: Any) -> tuple[Span, _Restore]:
     """Start a span for a Hive step and make it current: while Hive runs inside it, ``unit``
     collects what happens and Hive's JSON logs carry the span's trace and span ids.
@@ -332,7 +332,41 @@ def _graph_name(graph: Any) -> Any:
     return getattr(graph, "name", None)
 
 
-def _start_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None,
+class _WorkflowAttributes(Mapping[str, Any]):
+    """A graph run's span attributes, with its agent version (a serialisation of the definition)
+    computed when they are first read: by a sampler that looks at them, or by the SDK as it
+    records the span. A span that is dropped unread (a sampler that samples by trace id or
+    parent) costs no version."""
+
+    __slots__ = ("_named", "_definition", "_all")
+
+    def __init__(self, named: dict[str, Any], definition: Definition) -> None:
+        self._named, self._definition = named, definition
+        self._all: dict[str, Any] | None = None
+
+    def _attributes(self) -> dict[str, Any]:
+        if self._all is None:
+            try:
+                self._all = {**self._named, semconv.HIVE_AGENT_VERSION: self._definition.version}
+            except Exception as exc:  # read inside the SDK's start_span: never raise into it
+                _slip("workflow attributes", exc)
+                self._all = {}
+        return self._all
+
+    def __getitem__(self, key: str) -> Any:
+        return self._attributes()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._attributes())
+
+    def __len__(self) -> int:
+        return len(self._attributes())
+
+    def items(self) -> ItemsView[str, Any]:  # what the SDK copies a span's attributes with: the dict's own
+        return self._attributes().items()
+
+
+def _start_span(tracer: trace.Tracer, name: str, attributes: Mapping[str, Any] | None,
                 parent: context.Context | None = None) -> Span:
     """A span for a Hive step; its status and exception events are ours to set, not the SDK's.
 
@@ -455,14 +489,13 @@ class _Hooks:
                            getattr(instance, "_event_bus", None))
         except Exception as exc:
             _slip("workflow start", exc)
-        attributes: dict[str, Any] = {}
+        attributes: Mapping[str, Any] = {}
         if run:
             try:
-                attributes = {semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_WORKFLOW,
-                              semconv.GEN_AI_AGENT_ID: run.agent_id,
-                              semconv.GEN_AI_AGENT_NAME: str(_graph_name(graph) or run.agent_id),
-                              semconv.GEN_AI_CONVERSATION_ID: run.session_id,
-                              semconv.HIVE_AGENT_VERSION: run.definition.version}
+                attributes = _WorkflowAttributes({
+                    semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_WORKFLOW, semconv.GEN_AI_AGENT_ID: run.agent_id,
+                    semconv.GEN_AI_AGENT_NAME: str(_graph_name(graph) or run.agent_id),
+                    semconv.GEN_AI_CONVERSATION_ID: run.session_id}, run.definition)
             except Exception as exc:
                 _slip("workflow attributes", exc)
         name = run.agent_id if run else "graph"
