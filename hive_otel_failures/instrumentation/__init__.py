@@ -46,7 +46,7 @@ from ..export import export_content_enabled
 from ..fingerprint import fingerprint
 from ..record import FailureKind, RunOutcome
 from ..scrub import Limits, cap_text, safe_text
-from ..spans import record_failure, record_run
+from ..spans import record_failure, record_run, record_run_fields
 from .package import _instruments
 from .scopes import (MAX_ITEMS, MAX_TOOL_NAMES, Definition, RunScope, UnitScope, current_run, current_unit,
                      format_traceback, qualified_name)
@@ -186,6 +186,20 @@ def _record(span: Span, unit: UnitScope, *, set_error: bool = True, **fields: An
     """Build the unit's FailureRecord and put it on the span, unless nobody records the span."""
     if span.is_recording():
         record_failure(unit.failure(**fields), span, set_error=set_error)
+
+
+def _record_outcome(span: Span, session_id: Any, agent_id: Any, agent_version: str | None, *, success: bool,
+                    quality: str | None, failures: int) -> None:
+    """The run's outcome on its span. Ids that are exact text need no RunOutcome (its validation
+    passes them, and our own bool, int and version text, unchanged: 23k instructions for nothing);
+    anything else Hive gave is validated by one, as before."""
+    if type(session_id) is str and (agent_id is None or type(agent_id) is str):
+        record_run_fields(span, session_id, agent_id, agent_version, success=success, quality=quality,
+                          failures=failures)
+    else:
+        now = datetime.now(timezone.utc)  # start/end are read from the span by the processor
+        record_run(RunOutcome(session_id=session_id, agent_id=agent_id, agent_version=agent_version, started_at=now,
+                              ended_at=now, success=success, quality=quality, failures=failures), span)
 
 
 def _violation_kind(violation: Violation) -> FailureKind:
@@ -550,11 +564,8 @@ class _Hooks:
                        "the run broke its goal's hard constraints or missed its success criteria")
         if span.is_recording():  # nobody sees the outcome of a span that is not recorded
             quality = getattr(result, "execution_quality", None) if result is not None else "failed"
-            now = datetime.now(timezone.utc)  # start/end are read from the span by the processor
-            record_run(RunOutcome(session_id=run.session_id, agent_id=run.agent_id,
-                                  agent_version=run.definition.version, started_at=now, ended_at=now,
-                                  success=success, quality=str(quality) if quality else None,
-                                  failures=run.failures + run.condition_failures), span)
+            _record_outcome(span, run.session_id, run.agent_id, run.definition.version, success=success,
+                            quality=str(quality) if quality else None, failures=run.failures + run.condition_failures)
         return violations
 
     def _run_conditions(self, span: Span, run: RunScope, conditions: ConditionSet, result: Any, *,
@@ -726,10 +737,8 @@ class _Hooks:
 
     def _run_outcome(self, span: Span, unit: UnitScope, *, success: bool, quality: str | None, failures: int) -> None:
         if unit.session_id and span.is_recording():
-            now = datetime.now(timezone.utc)  # start/end are read from the span by the processor
-            record_run(RunOutcome(
-                session_id=unit.session_id, agent_id=unit.agent_id, agent_version=unit.agent_version,
-                started_at=now, ended_at=now, success=success, quality=quality, failures=failures), span)
+            _record_outcome(span, unit.session_id, unit.agent_id, unit.agent_version, success=success,
+                            quality=quality, failures=failures)
 
     async def agent_loop_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         info: dict[str, Any] = {}
