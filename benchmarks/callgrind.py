@@ -24,7 +24,10 @@ def require_valgrind() -> None:
 
 def instructions(script: str, *args: str) -> Count:
     """Instructions ``python script args`` executes, in all threads and in the main thread."""
-    env = {**os.environ, "PYTHONHASHSEED": "0", "HIVE_NO_FILE_LOG": "1"}
+    # The package of the checkout the script is in (a worktree's), not the one installed in the venv.
+    root = str(Path(script).resolve().parents[1])
+    env = {**os.environ, "PYTHONHASHSEED": "0", "HIVE_NO_FILE_LOG": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         proc = subprocess.run(
