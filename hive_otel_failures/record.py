@@ -501,15 +501,22 @@ def load_json_field(field: str, text: str | None) -> Any:
 
 def run_attributes(outcome: RunOutcome) -> dict[str, AttributeValue]:
     """Span attributes that mark a span as covering one run, with its outcome."""
+    return outcome_attributes(outcome.session_id, outcome.agent_id, outcome.agent_version, outcome.success,
+                              outcome.quality, outcome.failures)
+
+
+def outcome_attributes(session_id: str, agent_id: str | None, agent_version: str | None, success: bool,
+                       quality: str | None, failures: int) -> dict[str, AttributeValue]:
+    """``run_attributes`` of a RunOutcome with these fields, for a caller whose values need no validating."""
     attrs: dict[str, AttributeValue] = {
-        semconv.RUN_OUTCOME: "success" if outcome.success else "failure",
-        semconv.RUN_SESSION_ID: valid_text(outcome.session_id),
-        semconv.RUN_FAILURES: bounded_count(outcome.failures, 0),
+        semconv.RUN_OUTCOME: "success" if success else "failure",
+        semconv.RUN_SESSION_ID: valid_text(session_id),
+        semconv.RUN_FAILURES: bounded_count(failures, 0),
     }
     for key, value in (
-        (semconv.RUN_AGENT_ID, outcome.agent_id),
-        (semconv.RUN_AGENT_VERSION, outcome.agent_version),
-        (semconv.RUN_QUALITY, outcome.quality),
+        (semconv.RUN_AGENT_ID, agent_id),
+        (semconv.RUN_AGENT_VERSION, agent_version),
+        (semconv.RUN_QUALITY, quality),
     ):
         if value is not None:
             attrs[key] = valid_text(value)  # lone surrogates would fail SQLite and the OTLP batch

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
 
 from . import semconv
-from .record import FailureRecord, RunOutcome, filled_from_span, prepare, run_attributes, time_ns, to_attributes
+from .record import (FailureRecord, RunOutcome, filled_from_span, outcome_attributes, prepare, run_attributes, time_ns,
+                     to_attributes)
 
 _log = logging.getLogger(__name__)
 _UNSET = StatusCode.UNSET  # read on every span's end; an enum member lookup runs Python code on 3.11
@@ -80,14 +82,27 @@ def record_run(outcome: RunOutcome, span: Span | None = None) -> None:
     outcome once the run's result is known.
     """
     try:
-        span = span if span is not None else trace.get_current_span()
-        attributes = run_attributes(outcome)
-        span.add_event(semconv.RUN_EVENT, attributes)
-        span.set_attribute(semconv.RUN_OUTCOME, attributes[semconv.RUN_OUTCOME])
-        if isinstance(span, ReadableSpan) and span.is_recording() and not may_carry_records(span):
-            span.set_status(StatusCode.OK if outcome.success else StatusCode.ERROR)
+        _mark_run(span if span is not None else trace.get_current_span(), run_attributes(outcome), outcome.success)
     except Exception:  # noqa: BLE001
         _log.debug("hive-failures: could not record a run outcome", exc_info=True)
+
+
+def record_run_fields(span: Span, session_id: str, agent_id: str | None, agent_version: str | None, *,
+                      success: bool, quality: str | None, failures: int) -> None:
+    """``record_run(RunOutcome(...), span)`` for a caller whose values need no validating (exact
+    ``str``, ``bool`` and ``int``, as the Hive hooks pass): building the model costs 23k instructions,
+    and its times are not read (the processor takes a run's start and end from the span)."""
+    try:
+        _mark_run(span, outcome_attributes(session_id, agent_id, agent_version, success, quality, failures), success)
+    except Exception:  # noqa: BLE001
+        _log.debug("hive-failures: could not record a run outcome", exc_info=True)
+
+
+def _mark_run(span: Span, attributes: dict[str, Any], success: bool) -> None:
+    span.add_event(semconv.RUN_EVENT, attributes)
+    span.set_attribute(semconv.RUN_OUTCOME, attributes[semconv.RUN_OUTCOME])
+    if isinstance(span, ReadableSpan) and span.is_recording() and not may_carry_records(span):
+        span.set_status(StatusCode.OK if success else StatusCode.ERROR)
 
 
 def may_carry_records(span: ReadableSpan) -> bool:

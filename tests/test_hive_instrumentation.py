@@ -102,6 +102,7 @@ def test_node_that_raises(hive: Hive) -> None:
     assert workflow.attributes["gen_ai.operation.name"] == "invoke_workflow"
     assert workflow.attributes["gen_ai.agent.id"] == "report-agent"
     assert workflow.attributes["gen_ai.agent.name"] == "report-agent"  # the graph has no name: its id
+    assert workflow.attributes["hive.agent.version"] == record.agent_version
     assert workflow.status.status_code is StatusCode.ERROR
     assert workflow.attributes["error.type"] == "builtins.ValueError"
     assert hive.children(workflow) == ["hive.node fail_node", "hive.node prepare"]
@@ -266,6 +267,37 @@ def test_recurring_failure_across_three_sessions_is_one_pattern_and_success_is_a
     assert (pattern.count, pattern.sessions, pattern.node_id) == (3, 3, "fail_node")
     assert len(versions) == 1  # each run builds a new Goal, stamped with its own created_at: one version still
     assert (stats.runs, stats.failed_runs) == (4, 1 * 3)
+
+
+def test_a_sampler_sees_the_agent_version_and_a_dropped_run_costs_none(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, Sampler, SamplingResult
+
+    seen: list[dict] = []
+
+    class Looking(Sampler):
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None):
+            seen.append(dict(attributes or {}))
+            return SamplingResult(Decision.DROP)
+
+        def get_description(self) -> str:
+            return "looking"
+
+    versions: list[str] = []
+    version_of = hof.instrumentation.scopes.version_of
+    monkeypatch.setattr("hive_otel_failures.instrumentation.scopes.version_of",
+                        lambda parts: versions.append(version_of(parts)) or versions[-1])
+    for sampler in (Looking(), ALWAYS_OFF):
+        instrumentor = HiveInstrumentor()
+        instrumentor.instrument(tracer_provider=TracerProvider(sampler=sampler))
+        try:
+            graph, registry = hs.ok_graph()
+            assert run(hs.run_graph(tmp_path / "work", f"session_{len(seen)}", graph, registry)).success
+        finally:
+            instrumentor.uninstrument()
+    (workflow,) = [a for a in seen if a.get("gen_ai.operation.name") == "invoke_workflow"]
+    assert versions == [workflow["hive.agent.version"]]  # once, for the sampler that looks; none when dropped unread
+    assert workflow["hive.agent.version"].startswith("sha256:")
 
 
 # --- one trace id --------------------------------------------------------------------------

@@ -200,3 +200,24 @@ def test_as_prepared_refuses_what_to_attributes_would_not_make() -> None:
         assert as_prepared({**attributes, **change}, Limits(max_field_bytes=1024)) is None, why
     for required in ("failure_id", "fingerprint", "timestamp", "transient"):
         assert as_prepared({k: v for k, v in attributes.items() if k != key(required)}, Limits()) is None, required
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(session_id=text, agent_id=opt_text, agent_version=opt_text, success=st.booleans(), quality=opt_text,
+       failures=st.integers(-5, 2**40))
+def test_record_run_fields_marks_a_span_as_record_run_of_the_same_outcome_does(session_id, agent_id, agent_version,
+                                                                              success, quality, failures) -> None:
+    from hive_otel_failures.spans import record_run_fields
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    fields = {"session_id": session_id, "agent_id": agent_id, "agent_version": agent_version}
+    with tracer.start_as_current_span("model") as span:
+        hof.record_run(hof.RunOutcome(**fields, success=success, quality=quality, failures=failures), span)
+    with tracer.start_as_current_span("fields") as span:
+        record_run_fields(span, *fields.values(), success=success, quality=quality, failures=failures)
+    model, direct = exporter.get_finished_spans()
+    assert [(e.name, dict(e.attributes)) for e in direct.events] == [(e.name, dict(e.attributes)) for e in model.events]
+    assert (dict(direct.attributes), direct.status.status_code) == (dict(model.attributes), model.status.status_code)

@@ -30,7 +30,7 @@ import importlib
 import inspect
 import logging
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, ItemsView, Iterator, Mapping
 from datetime import datetime, timezone
 from time import monotonic, time_ns
 from typing import Any
@@ -46,7 +46,7 @@ from ..export import export_content_enabled
 from ..fingerprint import fingerprint
 from ..record import FailureKind, RunOutcome
 from ..scrub import Limits, cap_text, safe_text
-from ..spans import record_failure, record_run
+from ..spans import record_failure, record_run, record_run_fields
 from .package import _instruments
 from .scopes import (MAX_ITEMS, MAX_TOOL_NAMES, Definition, RunScope, UnitScope, current_run, current_unit,
                      format_traceback, qualified_name)
@@ -135,7 +135,7 @@ class _guard:  # noqa: N801 - used like a function: ``with _guard("what"):``
 _Restore = tuple[Any, Any, Any, Any]  # what _activate changed: context token, unit token, log context and token
 
 
-def _activate(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None, unit: UnitScope | None,
+def _activate(tracer: trace.Tracer, name: str, attributes: Mapping[str, Any] | None, unit: UnitScope | None,
               log_context: Any) -> tuple[Span, _Restore]:
     """Start a span for a Hive step and make it current: while Hive runs inside it, ``unit``
     collects what happens and Hive's JSON logs carry the span's trace and span ids.
@@ -186,6 +186,20 @@ def _record(span: Span, unit: UnitScope, *, set_error: bool = True, **fields: An
     """Build the unit's FailureRecord and put it on the span, unless nobody records the span."""
     if span.is_recording():
         record_failure(unit.failure(**fields), span, set_error=set_error)
+
+
+def _record_outcome(span: Span, session_id: Any, agent_id: Any, agent_version: str | None, *, success: bool,
+                    quality: str | None, failures: int) -> None:
+    """The run's outcome on its span. Ids that are exact text need no RunOutcome (its validation
+    passes them, and our own bool, int and version text, unchanged: 23k instructions for nothing);
+    anything else Hive gave is validated by one, as before."""
+    if type(session_id) is str and (agent_id is None or type(agent_id) is str):
+        record_run_fields(span, session_id, agent_id, agent_version, success=success, quality=quality,
+                          failures=failures)
+    else:
+        now = datetime.now(timezone.utc)  # start/end are read from the span by the processor
+        record_run(RunOutcome(session_id=session_id, agent_id=agent_id, agent_version=agent_version, started_at=now,
+                              ended_at=now, success=success, quality=quality, failures=failures), span)
 
 
 def _violation_kind(violation: Violation) -> FailureKind:
@@ -332,7 +346,41 @@ def _graph_name(graph: Any) -> Any:
     return getattr(graph, "name", None)
 
 
-def _start_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any] | None,
+class _WorkflowAttributes(Mapping[str, Any]):
+    """A graph run's span attributes, with its agent version (a serialisation of the definition)
+    computed when they are first read: by a sampler that looks at them, or by the SDK as it
+    records the span. A span that is dropped unread (a sampler that samples by trace id or
+    parent) costs no version."""
+
+    __slots__ = ("_named", "_definition", "_all")
+
+    def __init__(self, named: dict[str, Any], definition: Definition) -> None:
+        self._named, self._definition = named, definition
+        self._all: dict[str, Any] | None = None
+
+    def _attributes(self) -> dict[str, Any]:
+        if self._all is None:
+            try:
+                self._all = {**self._named, semconv.HIVE_AGENT_VERSION: self._definition.version}
+            except Exception as exc:  # read inside the SDK's start_span: never raise into it
+                _slip("workflow attributes", exc)
+                self._all = {}
+        return self._all
+
+    def __getitem__(self, key: str) -> Any:
+        return self._attributes()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._attributes())
+
+    def __len__(self) -> int:
+        return len(self._attributes())
+
+    def items(self) -> ItemsView[str, Any]:  # what the SDK copies a span's attributes with: the dict's own
+        return self._attributes().items()
+
+
+def _start_span(tracer: trace.Tracer, name: str, attributes: Mapping[str, Any] | None,
                 parent: context.Context | None = None) -> Span:
     """A span for a Hive step; its status and exception events are ours to set, not the SDK's.
 
@@ -455,14 +503,13 @@ class _Hooks:
                            getattr(instance, "_event_bus", None))
         except Exception as exc:
             _slip("workflow start", exc)
-        attributes: dict[str, Any] = {}
+        attributes: Mapping[str, Any] = {}
         if run:
             try:
-                attributes = {semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_WORKFLOW,
-                              semconv.GEN_AI_AGENT_ID: run.agent_id,
-                              semconv.GEN_AI_AGENT_NAME: str(_graph_name(graph) or run.agent_id),
-                              semconv.GEN_AI_CONVERSATION_ID: run.session_id,
-                              semconv.HIVE_AGENT_VERSION: run.definition.version}
+                attributes = _WorkflowAttributes({
+                    semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_WORKFLOW, semconv.GEN_AI_AGENT_ID: run.agent_id,
+                    semconv.GEN_AI_AGENT_NAME: str(_graph_name(graph) or run.agent_id),
+                    semconv.GEN_AI_CONVERSATION_ID: run.session_id}, run.definition)
             except Exception as exc:
                 _slip("workflow attributes", exc)
         name = run.agent_id if run else "graph"
@@ -517,11 +564,8 @@ class _Hooks:
                        "the run broke its goal's hard constraints or missed its success criteria")
         if span.is_recording():  # nobody sees the outcome of a span that is not recorded
             quality = getattr(result, "execution_quality", None) if result is not None else "failed"
-            now = datetime.now(timezone.utc)  # start/end are read from the span by the processor
-            record_run(RunOutcome(session_id=run.session_id, agent_id=run.agent_id,
-                                  agent_version=run.definition.version, started_at=now, ended_at=now,
-                                  success=success, quality=str(quality) if quality else None,
-                                  failures=run.failures + run.condition_failures), span)
+            _record_outcome(span, run.session_id, run.agent_id, run.definition.version, success=success,
+                            quality=str(quality) if quality else None, failures=run.failures + run.condition_failures)
         return violations
 
     def _run_conditions(self, span: Span, run: RunScope, conditions: ConditionSet, result: Any, *,
@@ -693,10 +737,8 @@ class _Hooks:
 
     def _run_outcome(self, span: Span, unit: UnitScope, *, success: bool, quality: str | None, failures: int) -> None:
         if unit.session_id and span.is_recording():
-            now = datetime.now(timezone.utc)  # start/end are read from the span by the processor
-            record_run(RunOutcome(
-                session_id=unit.session_id, agent_id=unit.agent_id, agent_version=unit.agent_version,
-                started_at=now, ended_at=now, success=success, quality=quality, failures=failures), span)
+            _record_outcome(span, unit.session_id, unit.agent_id, unit.agent_version, success=success,
+                            quality=quality, failures=failures)
 
     async def agent_loop_execute(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         info: dict[str, Any] = {}
