@@ -364,7 +364,7 @@ class _WorkflowAttributes(Mapping[str, Any]):
                 self._all = {**self._named, semconv.HIVE_AGENT_VERSION: self._definition.version}
             except Exception as exc:  # read inside the SDK's start_span: never raise into it
                 _slip("workflow attributes", exc)
-                self._all = {}
+                self._all = dict(self._named)  # the span keeps what is known without the version
         return self._all
 
     def __getitem__(self, key: str) -> Any:
