@@ -58,6 +58,12 @@ _FRAMES = 4
 _RESPAWN_AFTER = 1.0  # seconds a writer process ran at least before it is started again at once
 
 
+def _records(batch: list[Queued]) -> int:
+    """Failures and runs in queued spans (at C speed: a span is a head, then failures in threes)."""
+    runs = len(batch) - list(map(_run_keys, batch)).count(None)
+    return (sum(map(len, batch)) - QUEUED_HEAD * len(batch)) // 3 + runs
+
+
 def _keys_values(event: Event) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     attributes = event.attributes
     # The SDK's BoundedAttributes copies its dict at C speed; any other Mapping key by key.
@@ -219,12 +225,23 @@ class FailureIndexProcessor(SpanProcessor):
                     pass
                 if self._stopping.is_set() and not self._queue:
                     break
+                if self._stopping.is_set() and (self._process is None or self._process.ended):
+                    self._give_up()  # no writer to write them: counted now, not waited for
+                    break
         finally:
             if self._process is not None:
                 try:
                     self._process.stdin.close()  # the writer writes what it has, then exits
                 except OSError:
                     pass
+
+    def _give_up(self) -> None:
+        """Count what is still queued as not written: shutting down, with no writer process running."""
+        records = _records([self._queue.popleft() for _ in range(len(self._queue))])
+        with self._cond:
+            self._errors += records
+        self._warn_once("gave up", "hive-failures: shut down with no index writer running; %d records were not "
+                                   "written (counted in stats().errors)", records)
 
     def _live_process(self) -> _Process | None:
         """The writer process, started (again) if need be; None while one that died young waits."""
@@ -255,8 +272,7 @@ class FailureIndexProcessor(SpanProcessor):
         with self._cond:  # before popping, so force_flush never sees zero early
             self._in_flight += size
         batch = [self._queue.popleft() for _ in range(size)]
-        runs = size - list(map(_run_keys, batch)).count(None)
-        records = (sum(map(len, batch)) - QUEUED_HEAD * size) // 3 + runs
+        records = _records(batch)
         try:
             frame = encode(batch)
         except ValueError as exc:  # an attribute value marshal does not take (events not made here)

@@ -256,6 +256,26 @@ def test_a_forked_process_records_on_its_own_and_does_not_hold_the_parents_write
         assert sorted(r.session_id for r in index.recent()) == ["from-the-fork", "from-the-parent"]
 
 
+def test_a_writer_process_that_cannot_start_is_logged_and_nothing_raises(db_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(sys, "executable", str(db_path.parent / "no-such-python"))
+    with caplog.at_level(logging.WARNING, logger="hive_otel_failures.processor"):
+        p = Pipeline(db_path, max_queue_size=2)
+        for i in range(3):
+            with p.tracer.start_as_current_span("f"):
+                hof.record_failure(hof.FailureRecord(session_id=f"s{i}", error_message="x"))
+        assert not p.processor.force_flush(500)
+    stats = p.processor.stats()
+    assert (stats.written, stats.queued, stats.dropped) == (0, 2, 1)  # kept while the queue has room, then counted
+    assert sum("cannot start the index writer process" in r.getMessage() for r in caplog.records) == 1
+    t0 = time.monotonic()
+    p.provider.shutdown()
+    assert time.monotonic() - t0 < 5, "shutdown waited for a writer that cannot start"
+    stats = p.processor.stats()
+    assert (stats.written, stats.queued, stats.dropped, stats.errors) == (0, 0, 1, 2)
+
+
 def _queued(*records: hof.FailureRecord) -> list[tuple[object, ...]]:
     """Spans as the processor queues them (see processor.py): no run, one failure event each."""
     spans = []
