@@ -25,7 +25,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import IO, Any
+from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
@@ -91,10 +91,6 @@ class _Process:
     frames: deque[tuple[int, int]] = field(default_factory=deque)
     ended: bool = False  # its reports ended: what it had not written is counted
     reader: threading.Thread | None = None
-
-    @property
-    def stdin(self) -> IO[bytes]:
-        return self.popen.stdin
 
 
 class FailureIndexProcessor(SpanProcessor):
@@ -231,7 +227,7 @@ class FailureIndexProcessor(SpanProcessor):
         finally:
             if self._process is not None:
                 try:
-                    self._process.stdin.close()  # the writer writes what it has, then exits
+                    self._process.popen.stdin.close()  # the writer writes what it has, then exits
                 except OSError:
                     pass
 
@@ -285,7 +281,7 @@ class FailureIndexProcessor(SpanProcessor):
                 return True
             process.frames.append((size, records))
         try:
-            write_all(process.stdin, frame)
+            write_all(process.popen.stdin, frame)
         except (OSError, ValueError):
             pass  # the process is gone: its reports end, and this batch is counted with its others
         return True
