@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from datetime import datetime, timezone
 
 from hypothesis import HealthCheck, given, settings
@@ -60,6 +62,18 @@ def _through_a_span(attributes: dict) -> dict:
 @given(records)
 def test_every_field_round_trips_through_span_event_attributes(record: hof.FailureRecord) -> None:
     assert from_attributes(_through_a_span(to_attributes(record))) == record
+
+
+def test_failure_ids_are_uuid7_in_the_order_they_were_made() -> None:
+    """Time first, so that the index's unique key on failure ids grows at its end."""
+    made = []
+    for _ in range(3):
+        made += [hof.FailureRecord(error_type="E", error_message="m").failure_id for _ in range(50)]
+        time.sleep(0.002)  # the order holds between milliseconds; within one, the bits are random
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in made)
+    assert len(set(made)) == len(made)
+    moments = [i[:12] for i in made]
+    assert moments == sorted(moments) and abs(int(made[0][:12], 16) - time.time_ns() // 1_000_000) < 60_000
 
 
 def test_every_model_field_has_an_attribute() -> None:
