@@ -171,15 +171,26 @@ def test_recent_filters_are_parameterised(db_location: str) -> None:
 
 
 def test_snapshots_are_content_addressed_and_stored_once(db_location: str) -> None:
+    """A graph once for good; a failure's own context and memory once within the hour of the failure."""
     graph = {"id": "report-agent", "nodes": [{"id": "parse", "system_prompt": "p" * 2000}]}
+    at = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
     with hof.open_index(db_location) as index:
-        index.add([failure(i, graph_snapshot=graph, input_context={"row": i}) for i in range(20)])
+        index.add([failure(i, graph_snapshot=graph, input_context={"row": i % 10}, memory_snapshot={"m": 1},
+                           timestamp=at + timedelta(minutes=40 + 30 * (i // 10))) for i in range(20)])
         (blobs,) = index._db.fetchone("SELECT COUNT(*) FROM blobs")
-        assert blobs == 1 + 20  # one graph snapshot, twenty distinct contexts
+        # one graph; ten contexts at 9:40, again at 10:10 (the next hour); one memory an hour
+        assert blobs == 1 + 10 + 10 + 2
         assert index.recent(limit=1)[0].graph_snapshot == graph
-        # The key: the first 168 bits of the content's SHA-256, in base64 (28 characters, not 64).
+        assert [r.input_context for r in index.recent(session_id="s13")] == [{"row": 3}]
+        # The keys: the first 168 bits of the content's SHA-256, in base64 (28 characters, not 64);
+        # a failure's own snapshots, the hour in 6 hex digits and 128 bits.
+        hour = int(at.timestamp() // 3600)
         for key, content in index._db.fetchall("SELECT sha256, content FROM blobs"):
-            assert key == base64.b64encode(hashlib.sha256(content.encode()).digest()[:21]).decode()
+            digest = hashlib.sha256(content.encode()).digest()
+            if "report-agent" in content:
+                assert key == base64.b64encode(digest[:21]).decode()
+            else:
+                assert key in (f"{h:06x}{base64.b64encode(digest[:16]).decode()[:22]}" for h in (hour, hour + 1))
 
 
 @pytest.mark.parametrize("parameter_limit", [None, 999])  # 999: SQLite's smallest build, 32 rows a statement

@@ -37,19 +37,27 @@ def redact(url: str) -> str:
     return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url))
 
 
-def _snapshot_key(text: str) -> str:
-    """A snapshot's key in the ``sha256`` columns: the first 168 bits of its SHA-256, in base64.
+def _snapshot_key(text: str, hour: int | None = None) -> str:
+    """A snapshot's key in the ``sha256`` columns: its SHA-256 in base64, or the hour and its SHA-256.
 
     28 characters where the hex of all 256 bits took 64: a key is in each failure's row three
     times and twice per snapshot (its row and the index on it), so at 1M failures that was a
     tenth of a SQLite file (280 bytes a failure). 168 bits keep collisions out of reach (git's
-    ids have 160). Keys written before are 64 hex digits and stay valid: a key is only ever
-    compared whole. Fed in pieces, which hashlib hashes without giving up the GIL (it does above 2 KiB).
+    ids have 160), and 128 within an hour. Keys are only ever compared whole: those written before
+    (64 hex digits, or 168 bits) stay valid. Fed in pieces, which hashlib hashes without giving
+    up the GIL (it does above 2 KiB).
+
+    ``hour`` (hours since the epoch, in 6 hex digits first): a failure's own snapshots, its input
+    context and memory, are keyed within the hour of the failure, so that the index on keys
+    grows in one region at a time. Keyed by their hash alone, each insert landed on a page of
+    its own, which the writer then wrote out whole. The same snapshot is stored once an hour.
     """
     data, digest = text.encode("utf-8"), hashlib.sha256()
     for start in range(0, len(data), 2000):
         digest.update(data[start:start + 2000])
-    return binascii.b2a_base64(digest.digest()[:21], newline=False).decode("ascii")
+    if hour is None:
+        return binascii.b2a_base64(digest.digest()[:21], newline=False).decode("ascii")
+    return f"{hour:06x}{binascii.b2a_base64(digest.digest()[:16], newline=False)[:22].decode('ascii')}"
 
 
 def _aware(value: datetime) -> datetime:
@@ -108,7 +116,7 @@ def wire_rows(failures: Iterable[Mapping[str, Any]]) -> WireRows:
     pass per batch. JSON text that span limits may have cut is tolerated when read back.
     """
     rows: list[tuple[Any, ...]] = []
-    hashes: dict[str, str] = {}  # snapshot text -> its key: an agent's graph repeats in each of its failures
+    hashes: dict[tuple[str, int | None], str] = {}  # (text, hour) -> its key: an agent's graph repeats
     fromisoformat = datetime.fromisoformat
     for attrs in failures:
         (failure_id, session_id, agent_id, node_id, stamp, kind, error_type, error_message, traceback, attempts,
@@ -124,18 +132,21 @@ def wire_rows(failures: Iterable[Mapping[str, Any]]) -> WireRows:
             ts = _ts(fromisoformat(stamp))
         except ValueError:
             raise FailureIndexError(f"hive.failure.timestamp is not ISO 8601: {stamp!r:.40}") from None
-        shas = []
-        for text in (input_context, memory, graph):
-            if text is not None and text not in hashes:
-                hashes[text] = _snapshot_key(text)
-            shas.append(None if text is None else hashes[text])
+        hour, shas = int(ts // 3600), []
+        for text, scope in ((input_context, hour), (memory, hour), (graph, None)):
+            if text is None:
+                shas.append(None)
+                continue
+            if (known := hashes.get((text, scope))) is None:
+                known = hashes[text, scope] = _snapshot_key(text, scope)
+            shas.append(known)
         rows.append((
             failure_id, session_id, agent_id, node_id, ts, kind, error_type or "unknown", error_message or "",
             traceback, attempts, judge_feedback or "[]", _dumps_list(constraints), _dumps_list(criteria),
             tool_calls or "[]", *shas, trace_id, span_id, agent_version, fingerprint, 1 if transient else 0,
             1 if evolved else 0, resolution,
         ))
-    return WireRows(rows, [(sha, text, len(text)) for text, sha in hashes.items()])
+    return WireRows(rows, [(sha, text, len(text)) for (text, _), sha in hashes.items()])
 
 
 Params = Sequence[Any]
