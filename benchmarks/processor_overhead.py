@@ -118,7 +118,7 @@ def _stored_columns(conn: sqlite3.Connection, table: str) -> str:
 
 
 def stored_rows(db: Path, tables: Sequence[str] = ("failures", "blobs", "patterns")) -> dict[str, list[tuple]]:
-    """Exactly the rows our writer left in the database, table by table, as stored (blobs deflated)."""
+    """Exactly the rows our writer left in the database, table by table, as stored (blobs compressed)."""
     conn = sqlite3.connect(db)
     rows = {t: conn.execute(f"SELECT {_stored_columns(conn, t)} FROM {t}").fetchall() for t in tables}
     conn.close()
@@ -131,7 +131,7 @@ def raw_executemany(db: Path, rows: dict[str, list[tuple]], n: int, batch: int) 
     Triggers are dropped: the counters they would keep are among the rows written.
     """
     conn = sqlite3.connect(db, isolation_level=None)
-    register(conn, str(db))  # the schema's functions (blobs.content); the rows come deflated
+    register(conn, str(db))  # the schema's functions (blobs.content); the rows come compressed
     conn.execute("PRAGMA page_size = 8192")  # as the index makes a new file
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")

@@ -100,7 +100,7 @@ def size_breakdown(db: Path, n: int, indent: str = "   ") -> None:
         pages = {}
     total = db.stat().st_size
     free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
-    try:  # snapshots a writer that was behind stored as text, not deflated yet (it catches up once it keeps up)
+    try:  # snapshots a writer that was behind stored as text, not compressed yet (it catches up once it keeps up)
         as_text, text_bytes = conn.execute("SELECT count(*), coalesce(sum(length(z)), 0) FROM blob_z "
                                            "WHERE substr(z, 1, 1) = x'ff'").fetchone()
     except sqlite3.OperationalError:  # a file from before blob_z
@@ -114,7 +114,7 @@ def size_breakdown(db: Path, n: int, indent: str = "   ") -> None:
     print(f"{indent}file {total / n:,.0f} bytes per failure = " + " + ".join(parts)
           + (f" + free pages {free / n:,.0f}" if free else "")
           + (f"; of the snapshots, {as_text:,} ({text_bytes / n:,.0f} bytes per failure) are stored as text, "
-             "not deflated yet" if as_text else ""))
+             "not compressed yet" if as_text else ""))
 
 
 # --- 1. alone vs raw executemany ------------------------------------------------------------------
@@ -153,7 +153,7 @@ def writer_vs_raw(n: int, repeats: int, tmp: Path) -> None:
     print(f"   add_prepared, one thread  : {n / o:9,.0f} failures/s  ratio {w / o:.2f}")
     print(f"   per CPU-second: the writer's two threads {n / dc:,.0f} failures/s (ratio {wc / dc:.2f}), add_prepared "
           f"{n / oc:,.0f} (ratio {wc / oc:.2f}), raw {n / wc:,.0f}")
-    print("   (raw writes the rows as stored: snapshots already deflated, no trigger, no JSON)")
+    print("   (raw writes the rows as stored: snapshots already compressed, no trigger, no JSON)")
     print(f"   file: {size / n:,.0f} bytes per failure (runs and counters included, WAL as left)")
     print(breakdown.getvalue(), end="")
 
@@ -203,7 +203,7 @@ def processor_drain(data: list[tuple[list[dict[str, Any]], list[hof.RunOutcome]]
 
 
 def _blob_table(db: Path) -> str:
-    """blob_z (snapshots deflated, schema 4 on) or blobs (before): where the snapshots' rows are."""
+    """blob_z (snapshots compressed, schema 4 on) or blobs (before): where the snapshots' rows are."""
     import sqlite3
 
     conn = sqlite3.connect(db)

@@ -343,14 +343,14 @@ def test_a_catch_up_that_fails_leaves_the_snapshots_readable_and_the_writes_goin
 
         snapshots = ("input_context", "memory_snapshot", "graph_snapshot")
         stored_raw = {f.get(f"hive.failure.{name}") for f in prepared[:30] for name in snapshots}
-        deflate = writer._db._blobs.deflate
+        compress = writer._db._blobs.compress
 
         def broken_for_the_backlog(sha: str, text: str) -> bytes:
             if text in stored_raw:
                 raise RuntimeError("no deflate for these")
-            return deflate(sha, text)
+            return compress(sha, text)
 
-        writer._db._blobs.deflate = broken_for_the_backlog  # type: ignore[method-assign]
+        writer._db._blobs.compress = broken_for_the_backlog  # type: ignore[method-assign]
         for part in (prepared[30:35], prepared[35:]):  # keeping up: the catch-up fails, once, and is given up
             time.sleep(2 * _BEHIND_GAP)
             assert writer.add_prepared(part) == len(part)
@@ -375,20 +375,32 @@ def test_the_writer_checkpoints_in_the_background(db_path: Path) -> None:
     assert checkpointers() == before  # closing the index stops it
 
 
-def test_the_writers_deflate_without_the_gil_gives_what_pythons_zlib_gives() -> None:
-    """The ctypes path (which keeps the GIL) and Python's zlib write the same bytes, with a dictionary or not."""
+def test_snapshots_deflated_with_a_dictionary_before_zstd_stay_readable_beside_zstd_ones(db_path: Path) -> None:
+    """A file from schema 4: its deflate dictionary and snapshots are read; new ones get a zstd dictionary."""
     import zlib
 
-    from hive_otel_failures.index.deflate import Deflater
-
-    zdict = json.dumps({"refund": "order " * 500}).encode()
-    texts = [json.dumps({"row": i, "text": "refund order " * i}).encode() for i in (0, 1, 50, 3000)]
-    texts.append(os.urandom(70_000))  # incompressible: deflate's worst case fits the buffer
-    for level, d in ((3, zdict), (6, None)):
-        deflater = Deflater(level, d)
-        for text in texts:
-            packer = zlib.compressobj(level, zlib.DEFLATED, -15, 8, **({"zdict": d} if d else {}))
-            assert deflater(text) == packer.compress(text) + packer.flush()
+    contexts = [{"row": i, "text": f"order {i} of customer {i * 7} awaits a refund " * 20} for i in range(40)]
+    zdict = json.dumps(contexts[:3]).encode()
+    packer = zlib.compressobj(3, zlib.DEFLATED, -15, 8, zdict=zdict)
+    old_text = json.dumps(contexts[0])
+    with raw(str(db_path)) as old:  # as a writer of schema 4 left it: z = dictionary 1, then raw deflate
+        old.migrate_to(4)
+        old.insert("blob_dicts", "id, dict", [(1, zdict)])
+        old.insert("blob_z", "sha256, size, z", [("old", len(old_text), b"\x01" + packer.compress(
+            old_text.encode()) + packer.flush())])
+        old.insert("failures", "failure_id, session_id, agent_id, node_id, ts, kind, error_type, error_message, "
+                   "attempts, judge_feedback, constraints_violated, criteria_unmet, tool_calls, input_context_sha, "
+                   "fingerprint, transient", [("old1", "s", "a", "n", 1700000000.0, "exception", "E", "m", 1, "[]",
+                                               "[]", "[]", "[]", "old", "v1:old", 0)])
+    with hof.open_index(db_path) as index:
+        assert index.schema_version == LATEST_VERSION
+        time.sleep(2 * _BEHIND_GAP)  # a writer that keeps up compresses as it writes
+        index.add([failure(i, input_context=contexts[i]) for i in range(1, 40)])
+        (trained,) = index._db.fetchall("SELECT dict FROM blob_dicts WHERE id = 2")
+        assert trained[0].startswith(b"\x37\xa4\x30\xec")  # a zstd dictionary, trained on the batch
+        assert {z[0] for (z,) in index._db.fetchall("SELECT z FROM blob_z")} == {1, 2}
+        assert index.get("old1").input_context == contexts[0]
+        assert sorted(r.input_context["row"] for r in index.recent(limit=100)) == list(range(40))
 
 
 def test_sqlite_snapshots_of_an_older_file_are_deflated_by_the_migration(db_path: Path) -> None:

@@ -370,6 +370,15 @@ MIGRATIONS_BY_STEP: list[Migration] = [
               postgresql="""
     COMMENT ON TABLE blobs IS 'snapshots by sha256; PostgreSQL compresses content itself (TOAST)';
     """),
+    # 5: a SQLite writer compresses snapshots with zstd and a dictionary it trains (a row of
+    # blob_dicts that is a zstd dictionary), where deflate stays readable. Nothing changes in the
+    # tables: the version keeps packages that only read deflate from misreading what is stored now.
+    Migration(sqlite="""
+    SELECT 1;
+    """,
+              postgresql="""
+    SELECT 1;
+    """),
 ]
 
 MIGRATIONS: list[str] = [step.sqlite for step in MIGRATIONS_BY_STEP]  # SQLite's scripts, as they always were

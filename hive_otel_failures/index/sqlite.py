@@ -1,7 +1,7 @@
 """The failure index in a SQLite file: one connection, guarded by a lock.
 
-The processor's two writer threads and readers in the same process share it; other processes read
-concurrently thanks to WAL.
+A writer's two threads (in the index writer process) and readers in the same process share it;
+other processes read concurrently thanks to WAL.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .backend import FAILURE_COLUMNS, RUN_COLUMNS, Backend, FailureIndexError, Params, WireRows
 from .schema import MIGRATIONS
-
-if TYPE_CHECKING:
-    from .deflate import Deflater
 
 # The writer hands SQLite a batch in as few statements as it can (one, up to _ROWS failures), and a
 # trigger writes it: the batch's failures rows go in as bound parameters, rows of the temporary
@@ -38,10 +35,10 @@ if TYPE_CHECKING:
 # A session counts for a pattern on its first failure of that pattern in the file (in the hour
 # and day of that failure); the pattern shows its newest failure.
 _BATCH_SCHEMA = (
-    # The last row: blobs is [sha256, offset, length, size] of each snapshot's deflated bytes within zs.
+    # The last row: blobs is [sha256, offset, length, size] of each snapshot's compressed bytes within zs.
     f"CREATE TEMP TABLE IF NOT EXISTS batch_in ({FAILURE_COLUMNS}, blobs TEXT, runs TEXT, zs BLOB, raw INTEGER)",
     "CREATE TEMP TABLE IF NOT EXISTS batch_mark (stored_before INTEGER NOT NULL, added INTEGER, blobs_before INTEGER)",
-    # Rowid ranges of blob_z where this connection stored snapshots as they are, to deflate later:
+    # Rowid ranges of blob_z where this connection stored snapshots as they are, to compress later:
     # a range per batch that was behind, not a key per snapshot (200k keys held ~15 MB in Python).
     "CREATE TEMP TABLE IF NOT EXISTS raw_blobs (low INTEGER NOT NULL, high INTEGER NOT NULL)",
     # The failures this batch added: whether each is its session's first of its pattern, and what
@@ -135,28 +132,31 @@ def _insert_batch(rows: int, last: bool) -> str:
     return f"INSERT INTO batch_in VALUES {', '.join(values)}"
 
 
-# Snapshots are stored deflated (schema migration 4): z is one byte naming the dictionary, then
-# raw deflate. JSON text of 1-4 KB deflates to about 40% alone, and to 15-25% with a preset
-# dictionary of text like it; so the writer makes one per file from the first batch with enough
-# snapshot text (blob_dicts), and deflates each snapshot from a copy of a compressor primed with
-# it (priming costs more than deflating 1 KB; copying it does not). Level 3: on the benchmark's
-# records, level 6 stores 14% fewer snapshot bytes (110 bytes per failure) and costs the writer's
-# thread 20% more CPU per failure (27 µs).
+# Snapshots are stored compressed (schema migrations 4 and 5): z is one byte naming how, then the
+# bytes. 0: raw deflate without a dictionary (what the migration and plain SQL inserts write);
+# a row of blob_dicts: zstd (frames without their magic number) with that dictionary, or raw deflate
+# with it where the row is not a zstd dictionary (files from before migration 5); 0xFF: the text.
+# JSON text of 1-4 KB compresses to about 40% alone and to under 20% with a dictionary trained on
+# text like it, so the writer trains one per file (32 KB) from the first batch with enough snapshot
+# text. zstd level 3 with it, against deflate level 3 with the file's text as its dictionary:
+# 2.8 µs a snapshot instead of 16, and 0.176 of the text instead of 0.187 (the benchmark's records).
 _LEVEL = 3
-_DICT_BYTES = 32 * 1024  # deflate's window: the dictionary's tail beyond it would not be seen
-_DICT_FROM = 16 * 1024  # snapshot text a batch needs for the file's dictionary to be made from it
-_RECENT = 4096  # deflated snapshots kept by sha256: an agent's graph snapshot recurs in every batch
-# A writer that is behind stores its snapshots as they are and deflates them once it keeps up:
-# deflating on the writer's thread costs ~30 us a failure under the GIL, and beside busy
-# application threads (a storm) that made the writer index a quarter less. "Behind" is a batch
-# prepared while another is being written, or within _BEHIND_GAP of the last write's end (a
-# writer that keeps up waits about a flush interval, 200 ms, between batches); a batch that is
-# not behind first deflates up to _CATCH_UP snapshots this connection stored as they were.
-# A writer behind for long deflates anyway once _RAW_BACKLOG snapshots wait for it: behind for
-# good, it never catches up, and a file of text snapshots (4.5 KB a failure) writes more pages
-# a failure: draining 500k, 8.8k failures/s in the first 100k fell to 2.9k in the fifth.
-# (Deflating behind while batches reach the database back to back was tried: draining 100k
-# alone went 12% faster, but draining 10k went 15-20% slower alone, 20-30% beside a busy thread.)
+_DICT_BYTES = 32 * 1024
+_DICT_FROM = 16 * 1024  # snapshot text a batch needs for the file's dictionary to be trained on it,
+_DICT_SAMPLES = 8  # in at least this many snapshots (zstd trains on no fewer)
+_ZSTD_DICT = b"\x37\xa4\x30\xec"  # how a zstd dictionary begins (its magic number, little-endian)
+_RECENT = 4096  # compressed snapshots kept by key: an agent's graph snapshot recurs in every batch
+# A writer that is behind stores its snapshots as they are and compresses them once it keeps up.
+# Compressing costs CPU a writer that is behind lacks: with zstd, draining 10k queued failures
+# (writer_throughput.py, 3) cost the writer process 95-100 µs of CPU a failure this way and
+# 110-112 compressing every batch (with deflate, on a writer thread, it cost a storm of failure
+# spans a quarter of what the writer indexed). "Behind" is a batch prepared while another is
+# being written, or within _BEHIND_GAP of the last write's end (a writer that keeps up waits
+# about a flush interval, 200 ms, between batches); a batch that is not behind first compresses
+# up to _CATCH_UP snapshots this connection stored as they were. A writer behind for long
+# compresses anyway once _RAW_BACKLOG snapshots wait for it: behind for good, it never catches
+# up, and a file of text snapshots (4.5 KB a failure) writes more pages a failure: draining
+# 500k, 8.8k failures/s in the first 100k fell to 2.9k in the fifth.
 _RAW = 0xFF  # z's first byte for a snapshot stored as its UTF-8 text (dictionary ids are small)
 _RAW_HEAD = bytes((_RAW,))
 _BEHIND_GAP = 0.05
@@ -170,45 +170,59 @@ def deflate(text: str, level: int = _LEVEL) -> bytes:
     return b"\0" + packer.compress(text.encode("utf-8")) + packer.flush()
 
 
+def _zstd_parameters() -> Any:
+    import zstandard  # a writer and readers of its snapshots load it, not the application's process
+
+    return zstandard.ZstdCompressionParameters.from_level(
+        _LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=True, write_checksum=False,
+        write_dict_id=False)
+
+
 class _Blobs:
-    """The deflating and inflating of one file's snapshots, with its dictionaries."""
+    """The compressing and decompressing of one file's snapshots, with its dictionaries."""
 
     def __init__(self, target: str) -> None:
         self._target = target  # read again for a dictionary another process made after we opened
         self.dicts: dict[int, bytes] = {}
-        self.dict_id = 0
-        self._deflater: Deflater | None = None  # made on first use: readers never deflate
+        self.dict_id = 0  # the newest zstd dictionary's id: what this writer compresses with (0: none yet)
+        self._compress: Any = None  # made on first use: readers never compress
+        self._decompressors: dict[int, Any] = {}
         self._head = b"\0"
         self._recent: dict[str, bytes] = {}
-        # One deflater, and batches prepared on one thread while one-by-one retries run on another.
-        # Uncontended, taking it keeps the GIL.
+        # One compressor, and batches prepared on one thread while one-by-one retries run on another.
         self._lock = threading.Lock()
 
     def use(self, rows: Iterable[tuple[int, bytes]]) -> None:
-        """Know these dictionaries; deflate with the newest from now on."""
+        """Know these dictionaries; compress with the newest zstd one from now on."""
         with self._lock:
             for dict_id, data in rows:
                 self.dicts[dict_id] = data
-            if self.dicts and max(self.dicts) != self.dict_id:
-                self.dict_id = max(self.dicts)
-                self._deflater = None
-                self._head = bytes((self.dict_id,))
+            newest = max((i for i, data in self.dicts.items() if data.startswith(_ZSTD_DICT)), default=0)
+            if newest != self.dict_id:
+                self.dict_id = newest
+                self._compress = None
+                self._head = bytes((newest,))
                 self._recent.clear()
 
-    def deflated(self, sha: str) -> bytes | None:
-        """The z this writer deflated for ``sha`` lately, if any."""
+    def compressed(self, sha: str) -> bytes | None:
+        """The z this writer compressed for ``sha`` lately, if any."""
         return self._recent.get(sha)
 
-    def deflate(self, sha: str, text: str) -> bytes:
+    def compress(self, sha: str, text: str) -> bytes:
         with self._lock:
             recent = self._recent
             z = recent.pop(sha, None)
             if z is None:
-                if self._deflater is None:
-                    from .deflate import Deflater  # ctypes and libz: only a writer loads them
+                if not self.dict_id:  # a file's first snapshots, before it has a dictionary
+                    z = deflate(text)
+                else:
+                    if self._compress is None:
+                        import zstandard
 
-                    self._deflater = Deflater(_LEVEL, self.dicts.get(self.dict_id))
-                z = self._head + self._deflater(text.encode("utf-8"))
+                        zdict = zstandard.ZstdCompressionDict(self.dicts[self.dict_id])
+                        self._compress = zstandard.ZstdCompressor(
+                            dict_data=zdict, compression_params=_zstd_parameters()).compress
+                    z = self._head + self._compress(text.encode("utf-8"))
                 if len(recent) >= _RECENT:
                     del recent[next(iter(recent))]
             recent[sha] = z  # newest last: the least recently used goes first
@@ -230,6 +244,14 @@ class _Blobs:
             finally:
                 conn.close()
             zdict = self.dicts[z[0]]
+        if zdict.startswith(_ZSTD_DICT):
+            decompressor = self._decompressors.get(z[0])
+            if decompressor is None:
+                import zstandard
+
+                decompressor = self._decompressors[z[0]] = zstandard.ZstdDecompressor(
+                    dict_data=zstandard.ZstdCompressionDict(zdict), format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+            return decompressor.decompress(z[1:]).decode("utf-8")
         unpacker = zlib.decompressobj(-15, zdict=zdict)
         return (unpacker.decompress(z[1:]) + unpacker.flush()).decode("utf-8")
 
@@ -333,7 +355,7 @@ class SQLiteBackend(Backend):
         self._batch_ready = False  # the temp objects write_batch writes through exist on this connection
         self._writing = False  # is the writer behind? while a batch is written,
         self._batch_end = 0.0  # and shortly after the last one's end (monotonic)
-        self._raw_backlog = 0  # snapshots stored as they are, to deflate once not behind
+        self._raw_backlog = 0  # snapshots stored as they are, to compress once not behind
         self._checkpointer: _Checkpointer | None = None  # started by the first write
         if not self.path.exists():
             if not create:
@@ -430,7 +452,7 @@ class SQLiteBackend(Backend):
             self._batch_ready = True
 
     def prepare_batch(self, rows: WireRows, runs: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
-        """The batch's statements and their parameters: snapshots deflated (or stored as they are).
+        """The batch's statements and their parameters: snapshots compressed (or stored as they are).
 
         Python work, but for the file's dictionary (once) and catching up on raw snapshots,
         which only a writer that keeps up does.
@@ -439,14 +461,15 @@ class SQLiteBackend(Backend):
         codec = self._blobs
         if not behind and self._raw_backlog:
             self._catch_up()
-        if not codec.dict_id and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
+        if not codec.dict_id and len(rows.blobs) >= _DICT_SAMPLES \
+                and sum(len(text) for _, text, _ in rows.blobs) >= _DICT_FROM:
             self._make_dict(rows.blobs)
         as_text = behind and self._raw_backlog < _RAW_BACKLOG
         blobs, zs, at, texts = [], [], 1, 0
         for sha, text, size in rows.blobs:
             if not as_text:
-                z = codec.deflate(sha, text)
-            elif (z := codec.deflated(sha)) is None:  # an agent's graph recurs: deflated already
+                z = codec.compress(sha, text)
+            elif (z := codec.compressed(sha)) is None:  # an agent's graph recurs: compressed already
                 z = _RAW_HEAD + text.encode("utf-8")
                 texts += 1
             blobs.append((sha, at, len(z), size))
@@ -490,7 +513,7 @@ class SQLiteBackend(Backend):
                 self._batch_end = time.monotonic()
 
     def _catch_up(self) -> None:
-        """Deflate up to _CATCH_UP snapshots this connection stored as they were; on an error they stay so.
+        """Compress up to _CATCH_UP snapshots this connection stored as they were; on an error they stay so.
 
         Each in one statement: sqlite3 gives the GIL up for each row a statement steps through
         (executemany's too), and beside a busy thread each time cost up to 5 ms, 2.5 s in all.
@@ -511,7 +534,7 @@ class SQLiteBackend(Backend):
                     return
                 places, zs, at = [], [], 1
                 for rowid, sha, text in stored:
-                    z = self._blobs.deflate(sha, text)
+                    z = self._blobs.compress(sha, text)
                     places.append((rowid, at, len(z), sha))
                     zs.append(z)
                     at += len(z)
@@ -533,7 +556,7 @@ class SQLiteBackend(Backend):
                     raise
                 # an estimate (a text snapshot another batch stored first is counted): at least 1 while ranges remain
                 self._raw_backlog = 0 if done is None else max(1, self._raw_backlog - len(stored))
-            except Exception:  # noqa: BLE001 - readable as they are: deflating them is only a saving,
+            except Exception:  # noqa: BLE001 - readable as they are: compressing them is only a saving,
                 try:  # and one that fails would fail again, before every batch
                     self._conn.execute("DELETE FROM raw_blobs")
                 except sqlite3.Error:
@@ -541,10 +564,20 @@ class SQLiteBackend(Backend):
                 self._raw_backlog = 0
 
     def _make_dict(self, blobs: list[tuple[str, str, int]]) -> None:
-        """The file's dictionary, from this batch's snapshots (or the one another writer made first)."""
-        sample = "".join(text for _, text, _ in blobs).encode("utf-8")[-_DICT_BYTES:]
+        """The file's zstd dictionary, trained on this batch's snapshots (or the one another writer made first).
+
+        Too few samples to train on: no dictionary yet, and a later batch tries again.
+        """
+        import zstandard
+
+        try:
+            trained = zstandard.train_dictionary(_DICT_BYTES, [text.encode("utf-8") for _, text, _ in blobs])
+        except zstandard.ZstdError:
+            return
         with self._lock:
-            self._conn.execute("INSERT OR IGNORE INTO blob_dicts (id, dict) VALUES (1, ?)", (sample,))
+            self._conn.execute("INSERT INTO blob_dicts (id, dict) SELECT coalesce(max(id), 0) + 1, ? FROM blob_dicts "
+                               "WHERE NOT EXISTS (SELECT 1 FROM blob_dicts WHERE substr(dict, 1, 4) = ?)",
+                               (trained.as_bytes(), _ZSTD_DICT))
             self._blobs.use(self._conn.execute("SELECT id, dict FROM blob_dicts").fetchall())
 
     def close(self) -> None:
