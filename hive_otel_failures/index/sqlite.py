@@ -170,14 +170,6 @@ def deflate(text: str, level: int = _LEVEL) -> bytes:
     return b"\0" + packer.compress(text.encode("utf-8")) + packer.flush()
 
 
-def _zstd_parameters() -> Any:
-    import zstandard  # a writer and readers of its snapshots load it, not the application's process
-
-    return zstandard.ZstdCompressionParameters.from_level(
-        _LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=True, write_checksum=False,
-        write_dict_id=False)
-
-
 class _Blobs:
     """The compressing and decompressing of one file's snapshots, with its dictionaries."""
 
@@ -217,11 +209,13 @@ class _Blobs:
                     z = deflate(text)
                 else:
                     if self._compress is None:
-                        import zstandard
+                        import zstandard  # a writer and readers of its snapshots load it, not the application
 
-                        zdict = zstandard.ZstdCompressionDict(self.dicts[self.dict_id])
                         self._compress = zstandard.ZstdCompressor(
-                            dict_data=zdict, compression_params=_zstd_parameters()).compress
+                            dict_data=zstandard.ZstdCompressionDict(self.dicts[self.dict_id]),
+                            compression_params=zstandard.ZstdCompressionParameters.from_level(
+                                _LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=True,
+                                write_checksum=False, write_dict_id=False)).compress
                     z = self._head + self._compress(text.encode("utf-8"))
                 if len(recent) >= _RECENT:
                     del recent[next(iter(recent))]
