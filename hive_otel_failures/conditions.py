@@ -30,7 +30,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import simpleeval
 
@@ -80,9 +80,12 @@ def _bounded_pow(base: Any, exponent: Any) -> Any:
 _OPERATORS = {**simpleeval.DEFAULT_OPERATORS, ast.Pow: _bounded_pow}
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What one step produced: the names a check reads."""
+class Step(NamedTuple):
+    """What one step produced: the names a check reads.
+
+    A NamedTuple: read-only like a frozen dataclass, which costs twice as much to build (its
+    ``__init__`` sets each field through ``object.__setattr__``), and one is built per step checked.
+    """
 
     output: Any = None
     memory: Any = None

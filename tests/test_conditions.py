@@ -449,6 +449,20 @@ def test_expression_cost_is_bounded() -> None:
     assert hof.condition_stats().errors == before.errors + 2
 
 
+def test_a_check_cannot_change_the_step_later_checks_read(registered: list[str]) -> None:
+    def rewrites(step: Step) -> bool:
+        step.output = {"amount": -1}  # a step is read-only: this raises, and the check is broken
+        return True
+
+    register(registered, "rewrites", rewrites, severity="hard")
+    register(registered, "amount_non_negative", "output['amount'] >= 0", severity="hard")  # checked next
+    before = hof.condition_stats()
+    step = Step(output={"amount": 3})
+    assert ConditionSet(refund_goal(), "refund-agent").check_constraints(step) == []
+    assert step.output == {"amount": 3}
+    assert hof.condition_stats().errors == before.errors + 1
+
+
 def test_a_check_reading_a_field_the_step_lacks_does_not_apply() -> None:
     goal = refund_goal(NON_NEGATIVE)
     before = hof.condition_stats()
