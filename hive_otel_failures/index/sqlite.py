@@ -28,10 +28,11 @@ from .schema import MIGRATIONS
 # BLOB (the snapshots' bytes) and how many are stored as their text (raw); inserting that row
 # writes blobs, failures (an id already stored is skipped), their patterns and hourly/daily
 # counters, run outcomes, and notes the rowids of raw snapshots. Each SQLite call gives up the
-# GIL, and beside a busy application thread every hand-off costs the writer a switch interval
-# (5 ms) to get it back; one statement per batch keeps it writing. Parameters, not JSON, for the
-# failures: SQLite binds them as executemany does, where encoding ~1 KB rows to JSON and
-# extracting 24 values from each cost twice the insert.
+# GIL, and getting it back from a busy thread costs a switch interval: 5 ms in a process with
+# busy application threads (the ingest server, ``add`` through the API), 0.5 ms in the writer
+# process beside its reading and preparing threads; one statement per batch keeps it writing.
+# Parameters, not JSON, for the failures: SQLite binds them as executemany does, where encoding
+# ~1 KB rows to JSON and extracting 24 values from each cost twice the insert.
 # A session counts for a pattern on its first failure of that pattern in the file (in the hour
 # and day of that failure); the pattern shows its newest failure.
 _BATCH_SCHEMA = (
