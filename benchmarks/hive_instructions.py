@@ -7,7 +7,7 @@ workload iterations: plain, instrumented, and instrumented with a sampler that r
 nothing (our hooks alone, without the SDK's span work). Subtracting the start-up-only
 process leaves the instructions per run.
 
-    python benchmarks/hive_instructions.py [--iterations 5] [--repeat 1]   # needs valgrind; ~4 minutes (--repeat 3: ~10)
+    python benchmarks/hive_instructions.py [--iterations 5] [--repeat 1]   # valgrind; ~4 min (--repeat 3: ~10)
 
 Prints figures; asserts nothing. Figures for all threads (span export and the index writer
 too) and for the main thread alone: on a machine with a spare core, the main thread's share

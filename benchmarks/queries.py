@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.pg_server
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # tests.pg_server; after PYTHONPATH (an export)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _query_data as data
 
