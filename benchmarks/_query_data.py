@@ -42,7 +42,7 @@ from hive_otel_failures import semconv
 from hive_otel_failures.fingerprint import fingerprint as compute_fingerprint
 from hive_otel_failures.index import FailureIndex
 from hive_otel_failures.index.schema import LATEST_VERSION
-from hive_otel_failures.record import FailureRecord, RunOutcome, prepare, to_attributes
+from hive_otel_failures.record import FailureRecord, RunOutcome, prepare, to_attributes, uuid7
 
 GENERATOR_VERSION = 1
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -304,12 +304,6 @@ def generate(world: World, n_failures: int, seed: int = 11) -> Iterator[Run]:
         yield run
 
 
-def _failure_id(t: float, rng: random.Random) -> str:
-    """A UUIDv7 of the failure's time, as record.py makes failure ids (128 bits drawn, as before them)."""
-    random_bits = rng.getrandbits(128) & (1 << 80) - 1 & ~(0xF << 76 | 3 << 62)
-    return f"{int(t * 1000) << 80 | random_bits | 7 << 76 | 2 << 62:032x}"
-
-
 def _failure(rng: random.Random, content: _Content, world: World, p: Pattern, run: Run, t: float,
              i: int) -> dict[str, Any]:
     attrs = dict(p.attrs)
@@ -317,7 +311,8 @@ def _failure(rng: random.Random, content: _Content, world: World, p: Pattern, ru
     attempts = rng.randint(1, 3)
     context, memory = content.failure(i)
     attrs.update({
-        _P + "failure_id": _failure_id(t, rng), _P + "session_id": run.session_id,
+        _P + "failure_id": uuid7(int(t * 1000), rng.getrandbits(128)),  # as record.py makes them, at time t
+        _P + "session_id": run.session_id,
         _P + "timestamp": _iso(t), _P + "error_message": p.template.format(n=n, m=n % 97, k=n * 7),
         _P + "attempts": attempts, _P + "input_context": context, _P + "memory_snapshot": memory,
         _P + "graph_snapshot": world.graphs[(p.agent, world.version_at(p.agent, run.started))],
