@@ -180,7 +180,6 @@ class _Blobs:
         self.dict_id = 0  # the newest zstd dictionary's id: what this writer compresses with (0: none yet)
         self._compress: Any = None  # made on first use: readers never compress
         self._decompressors: dict[int, Any] = {}
-        self._head = b"\0"
         self._recent: dict[str, bytes] = {}
         # One compressor, and batches prepared on one thread while one-by-one retries run on another.
         self._lock = threading.Lock()
@@ -194,7 +193,6 @@ class _Blobs:
             if newest != self.dict_id:
                 self.dict_id = newest
                 self._compress = None
-                self._head = bytes((newest,))
                 self._recent.clear()
 
     def compressed(self, sha: str) -> bytes | None:
@@ -217,7 +215,7 @@ class _Blobs:
                             compression_params=zstandard.ZstdCompressionParameters.from_level(
                                 _LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_content_size=True,
                                 write_checksum=False, write_dict_id=False)).compress
-                    z = self._head + self._compress(text.encode("utf-8"))
+                    z = bytes((self.dict_id,)) + self._compress(text.encode("utf-8"))
                 if len(recent) >= _RECENT:
                     del recent[next(iter(recent))]
             recent[sha] = z  # newest last: the least recently used goes first
