@@ -7,7 +7,8 @@ GIL hand-offs made the application wait over 5 ms six times as often beside a CP
 the application's process only serialises batches (marshal, C) and writes them to a pipe; this
 process, with a GIL of its own, prepares them (Python) on one thread while the database writes
 the one before on another (SQLite, which gives the GIL up). The price is CPU: handing a failure
-over (marshal, the pipe, unmarshal) costs about 30 µs, where the threads spent about 80 in all.
+over (marshal, the pipe, unmarshal) costs about 14 µs, of the 91-96 the sender and this process
+spend on it in all (writer_throughput.py).
 
 The parent (FailureIndexProcessor) starts it with ``spawn``; they speak in frames (``send`` /
 ``receive``): the first frame from the parent is the configuration, then batches of queued
